@@ -1,0 +1,10 @@
+"""MNIST-1D GRU (Greydanus 2020): bidirectional, hidden 6; Adam 1e-2, batch 100, 6000 steps."""
+
+from jaxlab import config as config_lib
+
+
+def get_config(arg=None):
+  del arg
+  config = config_lib.defaults()
+  config.model = dict(name='rnn', cell='gru', hidden=6, bidirectional=True, readout='flatten')
+  return config

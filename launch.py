@@ -1,0 +1,81 @@
+"""jaxlab's command line.
+
+  python launch.py [train] --config=configs/mnist1d/cnn.py[:arg] [--config.a.b=value ...] [--workdir=DIR]
+  python launch.py bench   --config=... [--bench_steps=N --bench_repeats=R]
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(HERE, 'configs', 'mnist1d', 'cnn.py')
+COMMANDS = ('train', 'bench')
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, `path.py` or `path.py:arg`.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config dir>-<config name>).')
+_RESTART = flags.DEFINE_bool('restart', False, 'Move an existing run in --workdir aside and start over.')
+_BENCH_STEPS = flags.DEFINE_integer('bench_steps', 2000, 'bench: timed steps per repeat.')
+_BENCH_REPEATS = flags.DEFINE_integer('bench_repeats', 5, 'bench: repeats (the median is reported).')
+
+
+def _fail(message: str, code: int = 2) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def _parse(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors (exit 2) instead of tracebacks."""
+  if not any(a == '--config' or a.startswith('--config=') for a in argv[1:]):
+    argv = [argv[0], f'--config={DEFAULT_CONFIG}', *argv[1:]]
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e))
+  except (AttributeError, KeyError) as e:  # ml_collections: an override names a key the config lacks
+    key = str(e).strip('"\'')
+    bad = [a for a in argv if a.startswith('--config.')]
+    _fail(f'unknown config key {key!r} in {" ".join(bad)}')
+  except Exception as e:  # noqa: BLE001 - an error inside the config file itself
+    _fail(f'could not load the config: {type(e).__name__}: {e}')
+  path = config_flags.get_config_filename(flags.FLAGS['config'])
+  if not os.path.isfile(path):
+    _fail(f'config file not found: {path}')
+  if not hasattr(_CONFIG.value, 'lock'):
+    _fail(f'could not load config {path}')
+  if len(rest) > 2 or (len(rest) == 2 and rest[1] not in COMMANDS):
+    _fail(f'unknown command {" ".join(rest[1:])!r}; commands: {", ".join(COMMANDS)}')
+  return rest
+
+
+def _default_workdir() -> str:
+  path = config_flags.get_config_filename(flags.FLAGS['config'])
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join('runs', f'{os.path.basename(os.path.dirname(path))}-{name}')
+
+
+def main(argv: list[str]) -> None:
+  from jaxlab import parallel
+  from jaxlab.errors import JaxlabError
+  command = argv[1] if len(argv) > 1 else 'train'
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows it
+  parallel.enable_compilation_cache()
+  config = _CONFIG.value
+  try:
+    if command == 'bench':
+      from jaxlab import bench
+      bench.run(config, steps=_BENCH_STEPS.value, repeats=_BENCH_REPEATS.value)
+      return
+    from jaxlab import train
+    print(config, flush=True)
+    summary = train.train(config, _WORKDIR.value or _default_workdir(), restart=_RESTART.value)
+    print(train.format_summary(summary), flush=True)
+  except JaxlabError as e:
+    _fail(str(e), e.exit_code)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse)

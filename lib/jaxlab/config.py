@@ -1,0 +1,154 @@
+"""Loading, checking and comparing run configs (ml_collections ConfigDicts)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import ml_collections
+
+from jaxlab.errors import ConfigError
+
+CONFIG_FILE = 'config.json'
+
+
+def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` and applies `a.b=value` overrides; returns a locked config."""
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise ConfigError(f'config file not found: {path}')
+  module_spec = importlib.util.spec_from_file_location('_jaxlab_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'{path} has no get_config() function')
+  config = module.get_config(arg) if arg else module.get_config()
+  config.lock()
+  for override in overrides:
+    key, sep, value = override.partition('=')
+    if not sep:
+      raise ConfigError(f'override {override!r} is not of the form key=value')
+    set_value(config, key, value)
+  return config
+
+
+def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """Sets dotted `key` to `value` (a string is parsed as the existing field's type)."""
+  *parents, leaf = key.split('.')
+  node = config
+  for i, name in enumerate(parents):
+    if name not in node:
+      raise ConfigError(f'unknown config key {".".join(parents[:i + 1])!r}')
+    node = node[name]
+  if leaf not in node:
+    raise ConfigError(f'unknown config key {key!r}; known keys here: {", ".join(sorted(node.keys()))}')
+  old = node[leaf]
+  if isinstance(value, str) and not isinstance(old, str):
+    value = _parse_literal(key, value, old)
+  try:
+    node[leaf] = value
+  except TypeError as e:
+    raise ConfigError(f'config key {key!r}: {e}') from None
+
+
+def _parse_literal(key: str, text: str, old: Any) -> Any:
+  import ast
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise ConfigError(f'config key {key!r}: cannot parse {text!r} as {type(old).__name__}') from None
+  if isinstance(old, float) and isinstance(value, int):
+    value = float(value)
+  return value
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON data (tuples become lists)."""
+  return json.loads(config.to_json())
+
+
+def flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+  """Dotted keys whose values differ between two config dicts (missing counts as differing)."""
+  a, b = flatten(old), flatten(new)
+  return sorted(k for k in a.keys() | b.keys() if a.get(k, '<absent>') != b.get(k, '<absent>'))
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, restart: bool = False) -> None:
+  """Makes `workdir` usable for `config`: writable, and not holding a different run.
+
+  A workdir that holds a run with another config is an error naming the keys that differ;
+  with `restart` that run is moved aside to `<workdir>.old-<timestamp>` (never deleted).
+  """
+  saved_path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(saved_path):
+    with open(saved_path) as f:
+      saved = json.load(f)
+    keys = differing_keys(saved, to_dict(config))
+    if restart:
+      aside = f'{workdir.rstrip("/")}.old-{time.strftime("%Y%m%d-%H%M%S")}'
+      os.rename(workdir, aside)
+      print(f'Moved the previous run to {aside}', flush=True)
+    elif keys:
+      saved_flat, new_flat = flatten(saved), flatten(to_dict(config))
+      shown = ', '.join(f'{k} ({saved_flat.get(k, "<absent>")!r} -> {new_flat.get(k, "<absent>")!r})'
+                        for k in keys[:8])
+      more = f' and {len(keys) - 8} more' if len(keys) > 8 else ''
+      raise ConfigError(
+          f'workdir {workdir} holds a run with a different config: {shown}{more}. '
+          'Use another --workdir, or pass --restart to move the old run aside and start over.')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f'workdir {workdir} is not writable: {e.strerror}') from None
+
+
+def save(workdir: str, config: ml_collections.ConfigDict) -> None:
+  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+    json.dump(to_dict(config), f, indent=2, sort_keys=True)
+
+
+def require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every key a run reads, set to the default job: the MNIST-1D CNN with the paper's protocol.
+
+  Config files start from this and change what differs; a family with other model or data
+  keys replaces the whole `model` or `data` block.
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.task = 'classification'
+  c.data = ml_collections.ConfigDict(dict(
+      name='mnist1d', num_samples=5000, train_split=0.8,  # mnist1d's defaults: 4000 train / 1000 test
+      validation_size=0, batch_size=100, eval_batch_size=500))
+  c.model = ml_collections.ConfigDict(dict(name='cnn1d', channels=25))
+  c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='adam', learning_rate=1e-2, schedule='constant', warmup_steps=0, final_lr_fraction=0.0,
+      step_boundaries=(0.5, 0.75), step_factor=0.1, weight_decay=0.0, grad_clip_norm=0.0,
+      momentum=0.9, b1=0.9, b2=0.999, eps=1e-8, decay=0.9))
+  c.train = ml_collections.ConfigDict(dict(
+      num_steps=6000, log_every=200, eval_every=1000, checkpoint_every=1000, keep_checkpoints=3))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+  return c

@@ -1,0 +1,100 @@
+"""An in-memory dataset served as deterministic, resumable, host-sharded batches."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from jaxlab.errors import ConfigError, DataError
+
+Batch = dict[str, np.ndarray]
+
+
+def split_off(examples: Batch, n: int) -> tuple[Batch, Batch]:
+  """Splits the last `n` examples off, e.g. a validation split carved from train."""
+  size = len(next(iter(examples.values())))
+  if not 0 <= n < size:
+    raise ConfigError(f'validation_size {n} must be in [0, {size}) for a training split of {size} examples')
+  return ({k: v[:size - n] for k, v in examples.items()}, {k: v[size - n:] for k, v in examples.items()})
+
+
+@dataclasses.dataclass
+class ArraySource:
+  """Splits of equal-length arrays ('x', 'y', ...) held in host memory.
+
+  The training batch of step s is a slice of a permutation drawn from (seed, epoch of s), so a
+  run resumed at step s sees exactly the batches an uninterrupted run would. Each process reads
+  only its rows of every global batch.
+  """
+
+  splits: dict[str, Batch]
+  batch_size: int
+  eval_batch_size: int
+  seed: int
+  num_classes: int
+  _epoch_cache: tuple[int, np.ndarray] = dataclasses.field(default=(-1, np.zeros(0)), repr=False)
+
+  def __post_init__(self):
+    if 'train' not in self.splits:
+      raise DataError('data source has no train split')
+    for name, split in self.splits.items():
+      lengths = {k: len(v) for k, v in split.items()}
+      if len(set(lengths.values())) != 1:
+        raise DataError(f'split {name!r} has arrays of different lengths: {lengths}')
+    if self.batch_size > self.num_examples('train'):
+      raise ConfigError(f'batch_size {self.batch_size} exceeds the {self.num_examples("train")} training examples')
+    for size, what in ((self.batch_size, 'batch_size'), (self.eval_batch_size, 'eval_batch_size')):
+      if size % jax.process_count():
+        raise ConfigError(f'data.{what} {size} is not divisible by {jax.process_count()} processes')
+
+  def num_examples(self, split: str) -> int:
+    return len(next(iter(self.splits[split].values())))
+
+  @property
+  def eval_splits(self) -> list[str]:
+    return [name for name in self.splits if name != 'train']
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.num_examples('train') // self.batch_size
+
+  def example_batch(self) -> Batch:
+    """One example per key with a batch dimension of 1, for initialising models."""
+    return {k: v[:1] for k, v in self.splits['train'].items()}
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if self._epoch_cache[0] != epoch:
+      rng = np.random.default_rng([self.seed, epoch])
+      self._epoch_cache = (epoch, rng.permutation(self.num_examples('train')))
+    return self._epoch_cache[1]
+
+  def train_indices(self, step: int) -> np.ndarray:
+    """Indices of this host's rows of the global batch for `step`."""
+    epoch, position = divmod(step, self.steps_per_epoch)
+    rows = self._permutation(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
+    per_host = self.batch_size // jax.process_count()
+    return rows[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
+
+  def train_batches(self, start_step: int) -> Iterator[Batch]:
+    train = self.splits['train']
+    step = start_step
+    while True:
+      idx = self.train_indices(step)
+      yield {k: v[idx] for k, v in train.items()}
+      step += 1
+
+  def eval_batches(self, split: str) -> Iterator[Batch]:
+    """The whole split in order, padded to full batches; 'mask' marks the real examples."""
+    data, n = self.splits[split], self.num_examples(split)
+    per_host = self.eval_batch_size // jax.process_count()
+    for start in range(0, n, self.eval_batch_size):
+      rows = np.arange(start, start + self.eval_batch_size)
+      rows = rows[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
+      mask = rows < n
+      rows = np.where(mask, rows, 0)
+      batch = {k: v[rows] for k, v in data.items()}
+      batch['mask'] = mask.astype(np.float32)
+      yield batch

@@ -1,0 +1,29 @@
+"""MNIST-1D (Greydanus 2020), generated locally by the `mnist1d` package: no download."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import ml_collections
+import numpy as np
+
+from jaxlab.data.arrays import ArraySource, split_off
+
+
+def generate(num_samples: int = 5000, train_split: float = 0.8) -> dict[str, np.ndarray]:
+  """The dataset from mnist1d's own generator and default arguments (4000 train / 1000 test)."""
+  from mnist1d.data import get_dataset_args, make_dataset  # imports matplotlib: keep it lazy
+  args = get_dataset_args()
+  args.num_samples, args.train_split = num_samples, train_split
+  with contextlib.redirect_stdout(io.StringIO()):
+    return make_dataset(args)
+
+
+def load(cfg: ml_collections.ConfigDict, seed: int) -> ArraySource:
+  raw = generate(cfg.num_samples, cfg.train_split)
+  train = {'x': raw['x'].astype(np.float32), 'y': raw['y'].astype(np.int32)}
+  splits = {'test': {'x': raw['x_test'].astype(np.float32), 'y': raw['y_test'].astype(np.int32)}}
+  if cfg.validation_size:
+    train, splits['validation'] = split_off(train, cfg.validation_size)
+  return ArraySource({'train': train, **splits}, cfg.batch_size, cfg.eval_batch_size, seed, num_classes=10)

@@ -1,0 +1,57 @@
+"""Optimizers and learning-rate schedules from the `optimizer` config block (all optax)."""
+
+from __future__ import annotations
+
+import ml_collections
+import optax
+
+from jaxlab.errors import ConfigError
+
+SCHEDULES = ('constant', 'cosine', 'linear', 'step')
+OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'rmsprop')
+
+
+def make_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """Peak `learning_rate`, linear warm-up for `warmup_steps`, then `schedule` to the end."""
+  lr, warmup = cfg.learning_rate, cfg.warmup_steps
+  decay_steps = max(num_steps - warmup, 1)
+  if cfg.schedule == 'constant':
+    main = optax.constant_schedule(lr)
+  elif cfg.schedule == 'cosine':
+    main = optax.cosine_decay_schedule(lr, decay_steps, alpha=cfg.final_lr_fraction)
+  elif cfg.schedule == 'linear':
+    main = optax.linear_schedule(lr, lr * cfg.final_lr_fraction, decay_steps)
+  elif cfg.schedule == 'step':
+    boundaries = {int(b * num_steps) - warmup: cfg.step_factor for b in cfg.step_boundaries}
+    main = optax.piecewise_constant_schedule(lr, boundaries)
+  else:
+    raise ConfigError(f'unknown optimizer.schedule {cfg.schedule!r}; choose from {", ".join(SCHEDULES)}')
+  if warmup <= 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax chain: clipping, coupled weight decay (decoupled for adamw), the update rule."""
+  schedule = make_schedule(cfg, num_steps)
+  name = cfg.name
+  if name == 'sgd':
+    rule = optax.sgd(schedule)
+  elif name in ('momentum', 'nesterov'):
+    rule = optax.sgd(schedule, momentum=cfg.momentum, nesterov=name == 'nesterov')
+  elif name == 'adam':
+    rule = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  elif name == 'adamw':
+    rule = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  elif name == 'rmsprop':
+    rule = optax.rmsprop(schedule, decay=cfg.decay, eps=cfg.eps, momentum=cfg.momentum or None)
+  else:
+    raise ConfigError(f'unknown optimizer.name {name!r}; choose from {", ".join(OPTIMIZERS)}')
+  parts = []
+  if cfg.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  if cfg.weight_decay > 0 and name != 'adamw':
+    # Coupled L2 decay, as torch's `weight_decay` argument does for SGD and Adam.
+    parts.append(optax.add_decayed_weights(cfg.weight_decay))
+  parts.append(rule)
+  return optax.chain(*parts), schedule

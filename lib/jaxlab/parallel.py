@@ -1,0 +1,69 @@
+"""Device meshes, shardings, and moving host-local batches onto the global mesh."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxlab.errors import ConfigError
+
+DATA_AXIS = 'data'
+
+
+def make_mesh(axes: Mapping[str, int]) -> Mesh:
+  """A mesh over all devices with named axes; one axis size may be -1 (all remaining devices)."""
+  names, sizes = list(axes.keys()), list(axes.values())
+  if DATA_AXIS not in names:
+    raise ConfigError(f'mesh must have a {DATA_AXIS!r} axis, got {names}')
+  n = jax.device_count()
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if sizes.count(-1) > 1 or n % known:
+    raise ConfigError(f'mesh {dict(axes)} does not fit {n} devices')
+  sizes = [n // known if s == -1 else s for s in sizes]
+  if int(np.prod(sizes)) != n:
+    raise ConfigError(f'mesh {dict(zip(names, sizes))} uses {int(np.prod(sizes))} devices, but there are {n}')
+  auto = (jax.sharding.AxisType.Auto,) * len(names)
+  return jax.make_mesh(tuple(sizes), tuple(names), axis_types=auto)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the data axis."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return mesh.shape[DATA_AXIS]
+
+
+def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """Assembles each host's slice of the batch into one global array per key."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def host_slice(global_batch_size: int) -> slice:
+  """The rows of a global batch that this process loads."""
+  per_host = global_batch_size // jax.process_count()
+  start = jax.process_index() * per_host
+  return slice(start, start + per_host)
+
+
+def enable_compilation_cache(directory: str | None = None) -> str:
+  """Persists compiled XLA programs so a second launch of the same config compiles faster."""
+  directory = directory or os.environ.get('JAXLAB_CACHE_DIR') or os.path.expanduser('~/.cache/jaxlab/xla')
+  jax.config.update('jax_compilation_cache_dir', directory)
+  # The default skips programs that compile in under a second, which is all of ours on CPU.
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return directory
+
+
+def tree_shardings(tree: Any, sharding: NamedSharding) -> Any:
+  return jax.tree.map(lambda _: sharding, tree)

@@ -1,0 +1,54 @@
+"""Supervised classification: softmax cross-entropy on batch['x'] -> batch['y']."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlab.state import TrainState
+from jaxlab.tasks.base import Batch, Metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+  model: nn.Module
+  tx: optax.GradientTransformation
+  num_classes: int
+  label_smoothing: float = 0.0
+
+  def init(self, rng: jax.Array, batch: Batch) -> TrainState:
+    params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
+    variables = self.model.init({'params': params_rng, 'dropout': dropout_rng}, batch['x'], train=False)
+    params = variables.pop('params')
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
+                      model_state=dict(variables), rng=state_rng)
+
+  def _loss(self, params, state: TrainState, batch: Batch):
+    # Per-step randomness from (run rng, step): identical whether or not the run was resumed.
+    rng = jax.random.fold_in(state.rng, state.step)
+    logits, updates = self.model.apply({'params': params, **state.model_state}, batch['x'], train=True,
+                                       rngs={'dropout': rng}, mutable=list(state.model_state))
+    labels = optax.smooth_labels(jax.nn.one_hot(batch['y'], self.num_classes), self.label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, labels).mean()
+    return loss, (logits, updates)
+
+  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+    (loss, (logits, model_state)), grads = grad_fn(state.params, state, batch)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state, model_state=dict(model_state))
+    metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['y']),
+               'grad_norm': optax.global_norm(grads)}
+    return new_state, metrics
+
+  def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
+    logits = self.model.apply({'params': state.params, **state.model_state}, batch['x'], train=False)
+    mask = batch['mask']
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['y'])
+    correct = jnp.argmax(logits, -1) == batch['y']
+    return {'loss': jnp.sum(loss * mask), 'accuracy': jnp.sum(correct * mask), 'count': jnp.sum(mask)}

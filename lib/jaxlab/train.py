@@ -1,0 +1,212 @@
+"""THE training loop: init -> (resume) -> steps -> eval -> checkpoint -> logs, for every task."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxlab import checkpoint, data, parallel, tasks
+from jaxlab import config as config_lib
+from jaxlab.errors import ConfigError, NonFiniteLossError
+from jaxlab.logging import MetricWriter, Progress, format_metrics
+from jaxlab.state import TrainState
+
+Hook = Callable[[int, TrainState], None]
+SUMMARY_FILE = 'summary.json'
+
+
+class _Preemption:
+  """Turns SIGTERM (TPU VM preemption, a scheduler's kill) into 'save and stop at the next step'."""
+
+  def __init__(self):
+    self._requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self._requested = True
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      # All processes must stop at the same step; jax.distributed relays the notice.
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _due(step: int, every: int) -> bool:
+  return every > 0 and step % every == 0
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  t = config.train
+  config_lib.require(t.num_steps > 0, f'train.num_steps must be positive, got {t.num_steps}')
+  for key in ('log_every', 'eval_every', 'checkpoint_every'):
+    config_lib.require(t[key] >= 0, f'train.{key} must be >= 0 (0 means only at the end), got {t[key]}')
+  config_lib.require(t.keep_checkpoints > 0, f'train.keep_checkpoints must be positive, got {t.keep_checkpoints}')
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = False,
+          hooks: Sequence[Hook] = ()) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the summary.
+
+  `hooks` are called as hook(step, state) after every step (periodic actions, tests).
+  """
+  _validate(config)
+  config_lib.prepare_workdir(workdir, config, restart=restart)
+  mesh = parallel.make_mesh(config.mesh)
+  dp = parallel.data_parallel_size(mesh)
+  for key in ('batch_size', 'eval_batch_size'):
+    config_lib.require(config.data[key] % dp == 0,
+                       f'data.{key} {config.data[key]} is not divisible by the {dp} devices of the data axis')
+  source = data.make_source(config.data, config.seed)
+  task, schedule = tasks.make(config, source)
+  batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+
+  rng = jax.random.PRNGKey(config.seed)
+  example = source.example_batch()
+  abstract = jax.eval_shape(task.init, rng, example)
+  state_sharding = parallel.tree_shardings(abstract, replicated)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.keep_checkpoints)
+  start = ckpt.latest_step()
+  if start is None:
+    state = jax.jit(task.init, out_shardings=state_sharding)(rng, example)
+  else:
+    state = ckpt.restore(start, checkpoint.abstract_with_shardings(abstract, state_sharding))
+  if jax.process_index() == 0:
+    config_lib.save(workdir, config)
+
+  train_step = jax.jit(task.train_step, in_shardings=(state_sharding, batch_sharding),
+                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+  eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)
+
+  def evaluate(state: TrainState) -> dict[str, dict[str, float]]:
+    results = {}
+    for split in source.eval_splits:
+      sums = None
+      for batch in source.eval_batches(split):
+        out = eval_step(state, parallel.to_global(batch, batch_sharding))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+      sums = jax.device_get(sums)
+      count = sums.pop('count')
+      results[split] = {k: float(v / count) for k, v in sums.items()}
+    return results
+
+  num_steps, t = config.train.num_steps, config.train
+  writer, progress = MetricWriter(workdir), Progress(num_steps, int(start or 0))
+  step = int(start or 0)
+  progress.message(f'{"Resuming from step " + str(step) if step else "Starting"}: {num_steps} steps on '
+                   f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}, '
+                   f'workdir {workdir}')
+  pending: list[dict[str, jax.Array]] = []
+  last_good = start
+  clock = time.perf_counter()
+  paused = 0.0  # time spent evaluating and checkpointing since the last log line
+  eval_results: dict[str, dict[str, float]] = {}
+  start_time, start_step = time.perf_counter(), step
+  preempted = False
+
+  def flush() -> None:
+    """Reads the pending step metrics off the devices; stops the run on a non-finite loss."""
+    nonlocal pending, clock, paused
+    if not pending:
+      return
+    values = jax.device_get(pending)
+    first = step - len(values) + 1
+    for i, m in enumerate(values):
+      if not math.isfinite(float(m['loss'])):
+        where = f'step {last_good} in {ckpt.directory}' if last_good is not None else 'none (no checkpoint was saved)'
+        raise NonFiniteLossError(f'loss is {float(m["loss"])} at step {first + i}; training stopped. '
+                                 f'Last good checkpoint: {where}')
+    means = {k: float(np.mean([m[k] for m in values])) for k in values[0]}
+    now = time.perf_counter()
+    means['learning_rate'] = float(schedule(step - 1))
+    means['steps_per_sec'] = len(values) / max(now - clock - paused, 1e-9)
+    writer.write(step, 'train', means)
+    progress.update(step, means, means['steps_per_sec'])
+    pending, clock, paused = [], now, 0.0
+
+  def save() -> None:
+    nonlocal last_good, paused
+    flush()
+    if not bool(_all_finite(state.params)):
+      raise NonFiniteLossError(f'parameters became NaN/Inf by step {step}; not saving them. '
+                               f'Last good checkpoint: step {last_good}')
+    began = time.perf_counter()
+    ckpt.save(step, state, config_lib.to_dict(config))
+    last_good = step
+    paused += time.perf_counter() - began
+
+  try:
+    with _Preemption() as preemption:
+      batches = source.train_batches(step)
+      while step < num_steps:
+        state, metrics = train_step(state, parallel.to_global(next(batches), batch_sharding))
+        step += 1
+        pending.append(metrics)
+        last = step == num_steps
+        preempted = not last and preemption.requested(step)
+        if _due(step, t.log_every) or last:
+          flush()
+        if _due(step, t.eval_every) or last:
+          began = time.perf_counter()
+          eval_results = evaluate(state)
+          for split, metrics_ in eval_results.items():
+            writer.write(step, split, metrics_)
+            progress.message(f'step {step} {split}: {format_metrics(metrics_)}')
+          paused += time.perf_counter() - began
+        if _due(step, t.checkpoint_every) or last or preempted:
+          save()
+        for hook in hooks:
+          hook(step, state)
+        if preempted:
+          progress.message(f'Preempted (SIGTERM) at step {step}; checkpoint saved. Run the same command to resume.')
+          break
+    if not eval_results:  # the run had already finished: report from the final checkpoint
+      eval_results = evaluate(state)
+  finally:
+    progress.close()
+    writer.close()
+    ckpt.close()
+
+  elapsed = time.perf_counter() - start_time
+  summary = {'step': step, 'num_steps': num_steps, 'preempted': preempted, 'workdir': workdir,
+             'train_seconds': elapsed, 'steps_trained': step - start_step,
+             **{f'{split}_{k}': v for split, m in eval_results.items() for k, v in m.items()}}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  """The run's final line: steps, time, and every evaluation metric (test accuracy first)."""
+  metrics = {k: v for k, v in summary.items() if k.split('_')[0] in ('test', 'validation')}
+  ordered = sorted(metrics, key=lambda k: (not k.startswith('test'), k))
+  parts = [f'{k} {metrics[k]:.2%}' if k.endswith('accuracy') else f'{k} {metrics[k]:.4f}' for k in ordered]
+  return (f'Finished step {summary["step"]}/{summary["num_steps"]} '
+          f'({summary["steps_trained"]} trained in {summary["train_seconds"]:.1f}s) | '
+          + ' | '.join(parts) + f' | workdir {summary["workdir"]}')
