@@ -64,7 +64,8 @@ class Progress:
       self._bar.set_postfix(loss=f'{metrics["loss"]:.4f}', refresh=False)
     else:
       eta = (self.total - step) / steps_per_sec if steps_per_sec > 0 else float('nan')
-      print(f'step {step}/{self.total} | {format_metrics(metrics)} | {steps_per_sec:.1f} steps/s | ETA {eta:.0f}s',
+      shown = {k: v for k, v in metrics.items() if k != 'steps_per_sec'}
+      print(f'step {step}/{self.total} | {format_metrics(shown)} | {steps_per_sec:.0f} steps/s | ETA {eta:.0f}s',
             flush=True)
     self._step = step
 
