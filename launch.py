@@ -5,6 +5,7 @@
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -35,9 +36,7 @@ def _parse(argv: list[str]) -> list[str]:
   except flags.Error as e:
     _fail(str(e))
   except (AttributeError, KeyError) as e:  # ml_collections: an override names a key the config lacks
-    key = str(e).strip('"\'')
-    bad = [a for a in argv if a.startswith('--config.')]
-    _fail(f'unknown config key {key!r} in {" ".join(bad)}')
+    _fail(_unknown_key_message(str(e), argv))
   except Exception as e:  # noqa: BLE001 - an error inside the config file itself
     _fail(f'could not load the config: {type(e).__name__}: {e}')
   path = config_flags.get_config_filename(flags.FLAGS['config'])
@@ -48,6 +47,15 @@ def _parse(argv: list[str]) -> list[str]:
   if len(rest) > 2 or (len(rest) == 2 and rest[1] not in COMMANDS):
     _fail(f'unknown command {" ".join(rest[1:])!r}; commands: {", ".join(COMMANDS)}')
   return rest
+
+
+def _unknown_key_message(error: str, argv: list[str]) -> str:
+  names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", error)
+  key = names[0] if names else error
+  overrides = [a.split('=')[0][len('--config.'):] for a in argv if a.startswith('--config.')]
+  full = next((o for o in overrides if key in o.split('.')), key)
+  hint = re.search(r'Did you mean "([^"]+)"', error)
+  return f'unknown config key {full!r}' + (f' (did you mean {hint.group(1)!r}?)' if hint else '')
 
 
 def _default_workdir() -> str:

@@ -43,7 +43,7 @@ class Classification:
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               opt_state=opt_state, model_state=dict(model_state))
     metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['y']),
-               'grad_norm': optax.global_norm(grads)}
+               'grad_norm': optax.tree.norm(grads)}
     return new_state, metrics
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:

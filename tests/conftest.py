@@ -1,0 +1,26 @@
+"""Shared helpers: tiny configs that train in seconds."""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, 'launch.py')
+
+
+def tiny_config(name: str = 'cnn', **overrides):
+  """configs/mnist1d/<name>.py with few steps and a small dataset; overrides as dotted keys."""
+  from jaxlab import config as config_lib
+  config = config_lib.load(os.path.join(ROOT, 'configs', 'mnist1d', f'{name}.py'))
+  settings = {'data.num_samples': 1000, 'data.batch_size': 40, 'data.eval_batch_size': 200,
+              'train.num_steps': 20, 'train.log_every': 5, 'train.eval_every': 10, 'train.checkpoint_every': 10}
+  settings.update(overrides)
+  for key, value in settings.items():
+    config_lib.set_value(config, key, value)
+  return config
+
+
+@pytest.fixture
+def python():
+  return sys.executable

@@ -1,0 +1,98 @@
+"""launch.py end to end, in subprocesses: outputs, one-line errors, SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import LAUNCH, ROOT
+
+FAST = ['--config.data.num_samples=1000', '--config.data.batch_size=40', '--config.data.eval_batch_size=200',
+        '--config.model.channels=8']
+
+
+def _launch(*args, cache=None, **kwargs):
+  env = {**os.environ, 'JAXLAB_CACHE_DIR': cache or os.environ.get('JAXLAB_CACHE_DIR', '')}
+  return subprocess.run([sys.executable, LAUNCH, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                        env=env, **kwargs)
+
+
+def test_end_to_end_run_writes_metrics_events_checkpoint_and_summary(tmp_path):
+  workdir = tmp_path / 'run'
+  cache = str(tmp_path / 'xla_cache')
+  proc = _launch(*FAST, '--config.train.num_steps=30', '--config.train.log_every=10',
+                 '--config.train.eval_every=15', '--config.train.checkpoint_every=20', f'--workdir={workdir}',
+                 cache=cache)
+  assert proc.returncode == 0, proc.stderr
+  last = proc.stdout.strip().splitlines()[-1]
+  assert last.startswith('Finished step 30/30') and 'test_accuracy' in last
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  train_records = [r for r in records if r['split'] == 'train']
+  assert [r['step'] for r in train_records] == [10, 20, 30]
+  assert {'loss', 'accuracy', 'learning_rate', 'steps_per_sec'} <= set(train_records[0])
+  assert [r['step'] for r in records if r['split'] == 'test'] == [15, 30]
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir / 'tensorboard'))
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['20', '30']
+  assert json.loads((workdir / 'config.json').read_text())['train']['num_steps'] == 30
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert f"{summary['test_accuracy']:.2%}" in last
+  assert os.listdir(cache), 'the persistent compilation cache stayed empty'
+
+  again = _launch(*FAST, '--config.train.num_steps=30', '--config.train.log_every=10',
+                  '--config.train.eval_every=15', '--config.train.checkpoint_every=20', f'--workdir={workdir}',
+                  cache=cache)
+  assert again.returncode == 0
+  assert 'Resuming from step 30' in again.stdout and '(0 trained' in again.stdout
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config.optimizer.learnin_rate=1'], "unknown config key 'optimizer.learnin_rate' (did you mean 'learning_rate'?)"),
+    (['--config.optimzer.learning_rate=1'], "unknown config key 'optimzer.learning_rate'"),
+    (['--config.train.num_steps=abc'], 'num_steps'),
+    (['--config=configs/nope/missing.py'], 'config file not found'),
+    (['--config.model.name=transfomer', '--workdir={tmp}/w'], "unknown model.name 'transfomer'"),
+    (['--workdir={tmp}/file/run'], 'not writable'),
+    (['--no_such_flag=1'], 'no_such_flag'),
+    (['frobnicate'], "unknown command 'frobnicate'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+  (tmp_path / 'file').write_text('')
+  proc = _launch(*[a.format(tmp=tmp_path) for a in args])
+  assert proc.returncode == 2, proc.stderr
+  assert 'Traceback' not in proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-1].startswith('error: ') and message in lines[-1], proc.stderr
+
+
+def test_changed_config_in_existing_workdir_is_refused_then_restart_allows_it(tmp_path):
+  workdir = tmp_path / 'run'
+  assert _launch(*FAST, '--config.train.num_steps=5', f'--workdir={workdir}').returncode == 0
+  proc = _launch(*FAST, '--config.train.num_steps=6', '--config.seed=2', f'--workdir={workdir}')
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert 'train.num_steps (5 -> 6)' in proc.stderr and 'seed (0 -> 2)' in proc.stderr
+  proc = _launch(*FAST, '--config.train.num_steps=6', '--config.seed=2', f'--workdir={workdir}', '--restart')
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads((workdir / 'summary.json').read_text())['step'] == 6
+  assert len([p for p in os.listdir(tmp_path) if p.startswith('run.old-')]) == 1
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen([sys.executable, LAUNCH, *FAST, '--config.train.num_steps=1000000',
+                           '--config.train.log_every=50', '--config.train.checkpoint_every=0', f'--workdir={workdir}'],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  metrics = workdir / 'metrics.jsonl'
+  deadline = time.time() + 120
+  while not (metrics.exists() and metrics.read_text()) and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  stdout, stderr = proc.communicate(timeout=60)
+  assert proc.returncode == 0, stderr
+  assert 'Preempted (SIGTERM) at step' in stdout
+  steps = [int(s) for s in os.listdir(workdir / 'checkpoints')]
+  assert len(steps) == 1 and 50 <= steps[0] < 1000000
+  assert json.loads((workdir / 'summary.json').read_text())['preempted'] is True

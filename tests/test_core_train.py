@@ -1,0 +1,101 @@
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from jaxlab import checkpoint, train
+from jaxlab.errors import ConfigError, NonFiniteLossError
+
+
+def _params(workdir, step):
+  """Params saved at `step`, restored without a target (as host arrays)."""
+  import orbax.checkpoint as ocp
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  return ocp.StandardCheckpointer().restore(path)['params']
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_interrupted_and_resumed_run_ends_bitwise_identical(tmp_path):
+  config = tiny_config(**{'train.num_steps': 24, 'train.checkpoint_every': 100, 'model.channels': 8})
+  straight = str(tmp_path / 'straight')
+  train.train(config, straight)
+
+  def sigterm_at_9(step, state):
+    if step == 9:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  resumed = str(tmp_path / 'resumed')
+  first = train.train(config, resumed, hooks=[sigterm_at_9])
+  assert first['preempted'] and first['step'] == 10  # saved at the step after the signal
+  assert checkpoint.Checkpointer(os.path.join(resumed, 'checkpoints'), 3).all_steps() == [10]
+  second = train.train(config, resumed)
+  assert second['step'] == 24 and second['steps_trained'] == 14
+  _assert_trees_equal(_params(straight, 24), _params(resumed, 24))
+  with open(os.path.join(straight, 'summary.json')) as f:
+    assert second['test_accuracy'] == json.load(f)['test_accuracy']
+
+
+def test_sigterm_handler_is_restored_after_training(tmp_path):
+  before = signal.getsignal(signal.SIGTERM)
+  train.train(tiny_config(**{'train.num_steps': 2}), str(tmp_path / 'run'))
+  assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  # SGD with an absurd learning rate: finite for the first steps, then overflows.
+  config = tiny_config(**{'optimizer.name': 'sgd', 'optimizer.learning_rate': 1e12, 'train.num_steps': 200,
+                          'train.log_every': 1, 'train.checkpoint_every': 1, 'model.name': 'mlp'})
+  config.unlock()
+  config.model = {'name': 'mlp', 'hidden': (32,)}
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(NonFiniteLossError, match=r'loss is (nan|inf|-inf) at step (\d+)') as info:
+    train.train(config, workdir)
+  bad_step = int(info.value.args[0].split(' at step ')[1].split(';')[0])
+  steps = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3).all_steps()
+  assert steps and max(steps) < bad_step
+  assert f'step {max(steps)}' in str(info.value)
+  params = _params(workdir, max(steps))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize('name', ['sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'rmsprop'])
+def test_each_optimizer_reduces_the_loss(tmp_path, name):
+  lr = {'sgd': 0.5, 'momentum': 0.05, 'nesterov': 0.05, 'rmsprop': 3e-3}.get(name, 1e-2)
+  config = tiny_config(**{'optimizer.name': name, 'optimizer.learning_rate': lr, 'optimizer.weight_decay': 1e-4,
+                          'optimizer.grad_clip_norm': 1.0, 'optimizer.schedule': 'cosine',
+                          'optimizer.warmup_steps': 5, 'train.num_steps': 60, 'train.log_every': 10,
+                          'train.eval_every': 0, 'train.checkpoint_every': 0})
+  workdir = str(tmp_path / name)
+  train.train(config, workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  train_losses = [r['loss'] for r in records if r['split'] == 'train']
+  assert train_losses[-1] < 0.8 * train_losses[0]
+  lrs = [r['learning_rate'] for r in records if r['split'] == 'train']
+  assert 0.95 * lr < lrs[0] <= lr  # step 10: warm-up over, cosine just started
+  assert lrs[-1] < 0.01 * lr  # cosine decays to ~0 at the end
+
+
+def test_batch_size_must_divide_over_devices(tmp_path):
+  with pytest.raises(ConfigError, match='mesh'):
+    train.train(tiny_config(**{'mesh.model': 3}), str(tmp_path / 'run'))
+
+
+def test_schedule_choices():
+  from jaxlab import optim
+  config = tiny_config(**{'optimizer.schedule': 'step', 'optimizer.learning_rate': 1.0})
+  schedule = optim.make_schedule(config.optimizer, 100)
+  assert [float(schedule(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, .1, .1, .01, .01])
+  config = tiny_config(**{'optimizer.schedule': 'linear', 'optimizer.warmup_steps': 10, 'optimizer.learning_rate': 1.0})
+  schedule = optim.make_schedule(config.optimizer, 110)
+  assert [float(schedule(s)) for s in (0, 5, 10, 60, 110)] == pytest.approx([0, .5, 1, .5, 0])
+  with pytest.raises(ConfigError, match='unknown optimizer.schedule'):
+    optim.make_schedule(tiny_config(**{'optimizer.schedule': 'cosin'}).optimizer, 10)
