@@ -43,8 +43,14 @@ def data_parallel_size(mesh: Mesh) -> int:
   return mesh.shape[DATA_AXIS]
 
 
-def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """Assembles each host's slice of the batch into one global array per key."""
+def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> Mapping[str, Any]:
+  """Assembles each host's slice of the batch into one global array per key.
+
+  With one process the numpy batch is returned as it is: a jit with this `in_shardings` places
+  it for ~2 µs, where make_array_from_process_local_data costs ~65 µs (measured, CPU).
+  """
+  if jax.process_count() == 1:
+    return batch
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 

@@ -1,0 +1,86 @@
+"""`launch.py bench`: the framework's training loop against a minimal hand-written jit loop.
+
+Both train the same model with the same optimizer, batch size and data, in one process,
+alternating repeats so machine noise hits both alike. Reported: median steps/s and the ratio.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import tempfile
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from jaxlab import config as config_lib
+from jaxlab import data, models, optim, train
+
+WARMUP_STEPS = 50
+
+
+def framework_steps_per_sec(config: ml_collections.ConfigDict, steps: int) -> float:
+  """Steps/s of train.train() between step WARMUP_STEPS and the step before the last."""
+  config = config.copy_and_resolve_references()
+  config.train.num_steps = WARMUP_STEPS + steps + 1
+  config.train.eval_every = config.train.checkpoint_every = 0
+  marks = {}
+
+  def clock(step, state):
+    if step in (WARMUP_STEPS, WARMUP_STEPS + steps):
+      jax.block_until_ready(state)
+      marks[step] = time.perf_counter()
+
+  with tempfile.TemporaryDirectory() as workdir:
+    train.train(config, workdir, hooks=[clock])
+  return steps / (marks[WARMUP_STEPS + steps] - marks[WARMUP_STEPS])
+
+
+def hand_loop_steps_per_sec(config: ml_collections.ConfigDict, steps: int) -> float:
+  """The same model, optimizer and batches in the shortest correct loop: jit, donate, feed numpy."""
+  source = data.make_source(config.data, config.seed)
+  model = models.create(config.model, source.num_classes)
+  tx, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
+  x, y = source.splits['train']['x'], source.splits['train']['y']
+  params = model.init(jax.random.PRNGKey(config.seed), x[:1])['params']
+  opt_state = tx.init(params)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, opt_state, xb, yb):
+    def loss_fn(p):
+      return optax.softmax_cross_entropy_with_integer_labels(model.apply({'params': p}, xb), yb).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  bs, n = config.data.batch_size, len(x)
+  order = np.concatenate([np.random.default_rng(e).permutation(n)[:n // bs * bs]
+                          for e in range((WARMUP_STEPS + steps) * bs // n + 1)])
+  for i in range(WARMUP_STEPS + steps):
+    if i == WARMUP_STEPS:
+      jax.block_until_ready(params)
+      start = time.perf_counter()
+    idx = order[i * bs:(i + 1) * bs]
+    params, opt_state, loss = step(params, opt_state, x[idx], y[idx])
+  jax.block_until_ready(params)
+  return steps / (time.perf_counter() - start)
+
+
+def run(config: ml_collections.ConfigDict, steps: int = 2000, repeats: int = 5) -> dict[str, float]:
+  """Prints and returns median steps/s of both loops and framework time / hand-loop time."""
+  print(f'bench: model {config.model.name}, optimizer {config.optimizer.name}, batch {config.data.batch_size}, '
+        f'{jax.device_count()} {jax.devices()[0].platform} device(s); {repeats} repeats of {steps} steps', flush=True)
+  framework, hand = [], []
+  for r in range(repeats):
+    framework.append(framework_steps_per_sec(config, steps))
+    hand.append(hand_loop_steps_per_sec(config, steps))
+    print(f'  repeat {r + 1}: framework {framework[-1]:.0f} steps/s, hand loop {hand[-1]:.0f} steps/s', flush=True)
+  result = {'framework_steps_per_sec': statistics.median(framework), 'hand_steps_per_sec': statistics.median(hand)}
+  result['time_ratio'] = result['hand_steps_per_sec'] / result['framework_steps_per_sec']
+  print(f'median: framework {result["framework_steps_per_sec"]:.0f} steps/s | hand loop '
+        f'{result["hand_steps_per_sec"]:.0f} steps/s | framework time / hand-loop time = {result["time_ratio"]:.3f}',
+        flush=True)
+  return result
