@@ -11,7 +11,7 @@ from jaxlab.tasks.classification import Classification
 
 MODEL_CONFIGS = {
     'logistic': dict(name='mlp', hidden=()),
-    'mlp': dict(name='mlp', hidden=(100, 100)),
+    'mlp': dict(name='mlp', hidden=(100, 100), residual=True),
     'cnn1d': dict(name='cnn1d', channels=25),
     'gru': dict(name='rnn', cell='gru', hidden=6),
     'lstm_last': dict(name='rnn', cell='lstm', hidden=8, bidirectional=False, readout='last'),
@@ -53,6 +53,17 @@ def test_loss_decreases_on_a_fixed_batch(key):
     state, metrics = step(state, batch)
   assert float(metrics['loss']) < 0.5 * float(first['loss'])
   assert int(state.step) == 51
+
+
+def test_residual_mlp_adds_the_hidden_layer_to_its_input():
+  plain, residual = _model(dict(name='mlp', hidden=(4, 4))), _model(dict(name='mlp', hidden=(4, 4), residual=True))
+  x = jnp.ones((2, 3))
+  variables = plain.init(jax.random.PRNGKey(0), x)  # same parameter tree for both
+  assert not np.allclose(plain.apply(variables, x), residual.apply(variables, x))
+  h1 = jax.nn.relu(x @ variables['params']['Dense_0']['kernel'] + variables['params']['Dense_0']['bias'])
+  h2 = h1 + jax.nn.relu(h1 @ variables['params']['Dense_1']['kernel'] + variables['params']['Dense_1']['bias'])
+  expected = h2 @ variables['params']['Dense_2']['kernel'] + variables['params']['Dense_2']['bias']
+  np.testing.assert_allclose(residual.apply(variables, x), expected, rtol=1e-5)
 
 
 def test_eval_step_ignores_padding():

@@ -10,11 +10,13 @@ class MLP(nn.Module):
   num_classes: int
   hidden: Sequence[int] = (100, 100)
   dropout: float = 0.0
+  residual: bool = False  # x + layer(x) where a layer keeps the width (the MNIST-1D paper's MLP)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = x.reshape(x.shape[0], -1)
     for width in self.hidden:
-      x = nn.relu(nn.Dense(width)(x))
+      h = nn.relu(nn.Dense(width)(x))
+      x = x + h if self.residual and x.shape[-1] == width else h
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
