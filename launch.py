@@ -2,6 +2,12 @@
 
   python launch.py [train] --config=configs/mnist1d/cnn.py[:arg] [--config.a.b=value ...] [--workdir=DIR]
   python launch.py bench   --config=... [--bench_steps=N --bench_repeats=R]
+  python launch.py sweep   --config=... [--config.a.b=value ...] [--workdir=DIR] [--parallel=N]
+  python launch.py results SWEEP_WORKDIR [--metric=test_accuracy]
+  python launch.py tpu     --tpu=NAME --zone=ZONE [...] -- <launch.py arguments>   (see jaxlab/tpu.py)
+
+Multi-process runs: --coordinator_address/--num_processes/--process_id (or JAXLAB_* env vars);
+on a Cloud TPU VM the slice is joined automatically.
 """
 
 import os
@@ -13,13 +19,18 @@ from ml_collections import config_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, 'configs', 'mnist1d', 'cnn.py')
-COMMANDS = ('train', 'bench')
+COMMANDS = ('train', 'bench', 'sweep', 'results')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, `path.py` or `path.py:arg`.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config dir>-<config name>).')
 _RESTART = flags.DEFINE_bool('restart', False, 'Move an existing run in --workdir aside and start over.')
 _BENCH_STEPS = flags.DEFINE_integer('bench_steps', 2000, 'bench: timed steps per repeat.')
 _BENCH_REPEATS = flags.DEFINE_integer('bench_repeats', 5, 'bench: repeats (the median is reported).')
+_PARALLEL = flags.DEFINE_integer('parallel', 1, 'sweep: points run at a time, each on its share of the CPU cores.')
+_METRIC = flags.DEFINE_string('metric', 'test_accuracy', 'sweep/results: the summary metric to plot.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: index of this process.')
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -44,8 +55,11 @@ def _parse(argv: list[str]) -> list[str]:
     _fail(f'config file not found: {path}')
   if not hasattr(_CONFIG.value, 'lock'):
     _fail(f'could not load config {path}')
-  if len(rest) > 2 or (len(rest) == 2 and rest[1] not in COMMANDS):
-    _fail(f'unknown command {" ".join(rest[1:])!r}; commands: {", ".join(COMMANDS)}')
+  if len(rest) > 1 and rest[1] == 'results':
+    if len(rest) != 3:
+      _fail('usage: launch.py results SWEEP_WORKDIR [--metric=NAME]')
+  elif len(rest) > 2 or (len(rest) == 2 and rest[1] not in COMMANDS):
+    _fail(f'unknown command {" ".join(rest[1:])!r}; commands: {", ".join(COMMANDS + ("tpu",))}')
   return rest
 
 
@@ -70,20 +84,47 @@ def main(argv: list[str]) -> None:
   command = argv[1] if len(argv) > 1 else 'train'
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows it
-  parallel.enable_compilation_cache()
   config = _CONFIG.value
   try:
+    if command in ('sweep', 'results'):  # parents of runs: they never start a JAX backend
+      _sweep_or_results(command, argv)
+      return
+    from jaxlab import distributed
+    distributed.initialize(distributed.resolve(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value))
+    parallel.enable_compilation_cache()
     if command == 'bench':
       from jaxlab import bench
       bench.run(config, steps=_BENCH_STEPS.value, repeats=_BENCH_REPEATS.value)
       return
+    import jax
     from jaxlab import train
-    print(config, flush=True)
+    lead = jax.process_index() == 0  # every process of a multi-process job would print the same
+    if lead:
+      print(config, flush=True)
     summary = train.train(config, _WORKDIR.value or _default_workdir(), restart=_RESTART.value)
-    print(train.format_summary(summary), flush=True)
+    if lead:
+      print(train.format_summary(summary), flush=True)
   except JaxlabError as e:
     _fail(str(e), e.exit_code)
 
 
+def _sweep_or_results(command: str, argv: list[str]) -> None:
+  from jaxlab import results, sweep
+  if command == 'sweep':
+    spec = config_flags.get_config_filename(flags.FLAGS['config'])
+    workdir = _WORKDIR.value or os.path.join('runs', 'sweep-' + os.path.basename(_default_workdir()))
+    common = config_flags.get_override_values(flags.FLAGS['config'])
+    failed = sweep.run(spec, workdir, common=common, parallel=_PARALLEL.value,
+                       launcher=(sys.executable, os.path.abspath(__file__)), metric=_METRIC.value)
+  else:
+    workdir, failed = argv[2], 0
+  print(results.write(workdir, _METRIC.value), end='', flush=True)
+  if failed:
+    _fail(f'{failed} sweep point(s) failed (their logs are above); the others are in the table', 1)
+
+
 if __name__ == '__main__':
+  if sys.argv[1:2] == ['tpu']:  # its own flags; what follows `--` is passed on untouched
+    from jaxlab import tpu
+    sys.exit(tpu.main(sys.argv[2:]))
   app.run(main, flags_parser=_parse)

@@ -1,0 +1,263 @@
+"""Hyper-parameter sweeps: declared as plain data in a config file, run as one process per point.
+
+A config file may define, next to `get_config`,
+
+    def sweep(arg=None):
+      return product(('optimizer.learning_rate', [1e-3, 1e-2]), ('seed', [0, 1, 2]))
+
+`product` and `zip` (big_vision's style) turn `(key, values)` axes, or lists of points made by
+another helper, into a list of points: dicts of dotted config key -> value.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+from jaxlab import config as config_lib
+from jaxlab.errors import ConfigError, JaxlabError
+
+Point = dict[str, Any]
+Axis = tuple[str, Sequence[Any]] | Sequence[Point]
+
+MANIFEST = 'sweep.json'
+LOG_FILE = 'launch.log'
+SUMMARY_FILE = 'summary.json'  # written by train.train at the end of a run
+_SAFE = re.compile(r'[^A-Za-z0-9._=,+-]')
+_MAX_NAME = 120
+
+
+def _points(axis: Axis) -> list[Point]:
+  """An axis as points: ('k', [1, 2]) -> [{'k': 1}, {'k': 2}]; a list of points as it is."""
+  if isinstance(axis, tuple) and len(axis) == 2 and isinstance(axis[0], str):
+    key, values = axis
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+      raise ConfigError(f'sweep axis {key!r}: values must be a list, got {values!r}')
+    return [{key: v} for v in values]
+  points = list(axis)
+  if not all(isinstance(p, dict) for p in points):
+    raise ConfigError(f'a sweep axis is (key, values) or a list of dicts, got {axis!r}')
+  return points
+
+
+def product(*axes: Axis) -> list[Point]:
+  """Every combination of the axes' points; the last axis varies fastest."""
+  result: list[Point] = [{}]
+  for axis in axes:
+    result = [{**a, **b} for a in result for b in _points(axis)]
+  return result
+
+
+def zip(*axes: Axis) -> list[Point]:  # noqa: A001 - big_vision's name for it
+  """The axes' points paired up in order; all axes must have the same length."""
+  lists = [_points(axis) for axis in axes]
+  lengths = {len(p) for p in lists}
+  if len(lengths) > 1:
+    raise ConfigError(f'sweep zip() of axes of different lengths {sorted(lengths)}')
+  return [{k: v for p in group for k, v in p.items()} for group in builtins.zip(*lists)]
+
+
+def load(spec: str) -> list[Point]:
+  """The points of `sweep(arg)` in the config file `path.py[:arg]`."""
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise ConfigError(f'config file not found: {path}')
+  module_spec = importlib.util.spec_from_file_location('_jaxlab_sweep_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'sweep'):
+    raise ConfigError(f'{path} has no sweep() function')
+  points = module.sweep(arg) if arg else module.sweep()
+  if not isinstance(points, list) or not points or not all(isinstance(p, dict) for p in points):
+    raise ConfigError(f'{path}: sweep() must return a non-empty list of dicts, got {points!r:.200}')
+  return points
+
+
+def is_seed_key(key: str) -> bool:
+  return key.split('.')[-1] == 'seed'
+
+
+def format_value(value: Any) -> str:
+  """A value as a `--config.key=` override reads it back (str/int/float/bool/tuple)."""
+  return str(value)
+
+
+def short_keys(keys: Iterable[str]) -> dict[str, str]:
+  """Each dotted key -> its last part, or the whole key where two last parts would collide."""
+  keys = list(dict.fromkeys(keys))
+  counts = collections.Counter(k.split('.')[-1] for k in keys)
+  return {k: k.split('.')[-1] if counts[k.split('.')[-1]] == 1 else k for k in keys}
+
+
+def point_name(point: Point, names: Mapping[str, str]) -> str:
+  """A directory name from the overrides, e.g. 'learning_rate=0.001,seed=0'.
+
+  Characters other than letters, digits and `._=,+-` become `_`; then (and for long names)
+  a hash of the exact overrides keeps names of different points apart.
+  """
+  raw = ','.join(f'{names[k]}={format_value(v)}' for k, v in point.items())
+  safe = _SAFE.sub('_', raw)
+  if safe != raw or len(safe) > _MAX_NAME:
+    digest = hashlib.sha1(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    safe = f'{safe[:_MAX_NAME]}-{digest}'
+  return safe
+
+
+def resolve(spec: str, points: Sequence[Point], common: Mapping[str, Any] = {}) -> list[dict[str, Any]]:
+  """Checks every point against the config and names it: [{'name', 'overrides', 'num_steps'}].
+
+  An unknown key or a value of the wrong type is an error naming the point and the key.
+  """
+  names = short_keys(k for p in points for k in p)
+  resolved, seen = [], {}
+  for point in points:
+    name = point_name(point, names)
+    if name in seen:
+      raise ConfigError(f'sweep has the point {point} twice (as {seen[name]} too)')
+    seen[name] = point
+    config = config_lib.load(spec)
+    try:
+      for key, value in {**common, **point}.items():
+        config_lib.set_value(config, key, value)
+    except ConfigError as e:
+      raise ConfigError(f'sweep point {name}: {e}') from None
+    resolved.append({'name': name, 'overrides': dict(point), 'num_steps': config.train.num_steps})
+  return resolved
+
+
+def is_finished(point_dir: str, num_steps: int) -> bool:
+  """True when the point's run wrote its final summary at step `num_steps`."""
+  try:
+    with open(os.path.join(point_dir, SUMMARY_FILE)) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return summary.get('step') == num_steps and not summary.get('preempted')
+
+
+def cores_for(slot: int, parallel: int, cores: Sequence[int]) -> list[int]:
+  """The CPU cores of slot `slot` of `parallel`: an even split, shared when slots outnumber cores."""
+  if parallel >= len(cores):
+    return [cores[slot % len(cores)]]
+  base, extra = divmod(len(cores), parallel)
+  start = slot * base + min(slot, extra)
+  return list(cores[start:start + base + (slot < extra)])
+
+
+def child_argv(launcher: Sequence[str], spec: str, common: Mapping[str, Any], point: Point,
+               workdir: str) -> list[str]:
+  """The launch.py command of one point: the sweep's common overrides, then the point's."""
+  overrides = [f'--config.{k}={format_value(v)}' for k, v in {**common, **point}.items()]
+  return [*launcher, f'--config={spec}', *overrides, f'--workdir={workdir}']
+
+
+def start(argv: Sequence[str], log_path: str, cores: Sequence[int] | None) -> subprocess.Popen:
+  """Starts `argv` with stdout+stderr appended to `log_path`, pinned to `cores` (Linux).
+
+  The affinity is set before exec, so every thread XLA starts inherits it, and XLA sizes its
+  CPU thread pool from the cores it may use. A new session keeps a terminal's Ctrl-C away from
+  the children: the sweep forwards it as SIGTERM, on which a run saves a checkpoint and stops.
+  """
+  pin = cores and hasattr(os, 'sched_setaffinity')
+  log = open(log_path, 'a')
+  log.write(f'$ {" ".join(argv)}\n')
+  log.flush()
+  try:
+    return subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if pin else None)
+  finally:
+    log.close()
+
+
+def tail(path: str, lines: int = 20) -> str:
+  try:
+    with open(path, errors='replace') as f:
+      return ''.join(collections.deque(f, maxlen=lines))
+  except OSError:
+    return ''
+
+
+class _Stop(Exception):
+  """SIGTERM or Ctrl-C reached the sweep."""
+
+
+def _raise_stop(signum, frame):
+  raise _Stop()
+
+
+def run(spec: str, workdir: str, *, common: Mapping[str, Any] = {}, parallel: int = 1,
+        launcher: Sequence[str] = (sys.executable, 'launch.py'), metric: str = 'test_accuracy') -> int:
+  """Runs every point of the sweep in `spec` under `workdir`; returns the number that failed.
+
+  Finished points are skipped, interrupted ones resume from their checkpoints (train.train
+  does that), a failing one is reported with the tail of its log and the others go on.
+  """
+  if parallel < 1:
+    raise ConfigError(f'--parallel must be >= 1, got {parallel}')
+  points = resolve(spec, load(spec), common)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, MANIFEST), 'w') as f:
+    json.dump({'config': spec, 'common': {k: format_value(v) for k, v in common.items()},
+               'points': [{'name': p['name'], 'overrides': p['overrides']} for p in points]}, f, indent=2)
+  todo = collections.deque(p for p in points if not is_finished(os.path.join(workdir, p['name']), p['num_steps']))
+  cores = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []
+  parallel = min(parallel, max(len(todo), 1))
+  share = '' if parallel == 1 or not cores else f', {len(cores_for(0, parallel, cores))} core(s) each'
+  print(f'sweep: {len(points)} points, {len(points) - len(todo)} already finished, {len(todo)} to run '
+        f'({parallel} at a time{share}) in {workdir}', flush=True)
+
+  running: dict[int, tuple[subprocess.Popen, dict[str, Any], float]] = {}
+  failed: list[str] = []
+  total, done = len(todo), 0
+  previous = signal.signal(signal.SIGTERM, _raise_stop)
+  try:
+    while todo or running:
+      for slot in range(parallel):
+        if slot not in running and todo:
+          point = todo.popleft()
+          point_dir = os.path.join(workdir, point['name'])
+          os.makedirs(point_dir, exist_ok=True)
+          argv = child_argv(launcher, spec, common, point['overrides'], point_dir)
+          slot_cores = cores_for(slot, parallel, cores) if parallel > 1 and cores else None
+          running[slot] = (start(argv, os.path.join(point_dir, LOG_FILE), slot_cores), point, time.perf_counter())
+      time.sleep(0.1)
+      for slot, (proc, point, began) in list(running.items()):
+        if proc.poll() is None:
+          continue
+        del running[slot]
+        done += 1
+        point_dir = os.path.join(workdir, point['name'])
+        seconds = time.perf_counter() - began
+        if proc.returncode == 0 and is_finished(point_dir, point['num_steps']):
+          with open(os.path.join(point_dir, SUMMARY_FILE)) as f:
+            value = json.load(f).get(metric)
+          shown = f'{metric} {value:.4f}' if isinstance(value, float) else ''
+          print(f'[{done}/{total}] done   {point["name"]} in {seconds:.1f}s {shown}', flush=True)
+        else:
+          failed.append(point['name'])
+          log = os.path.join(point_dir, LOG_FILE)
+          print(f'[{done}/{total}] FAILED {point["name"]} (exit {proc.returncode}) after {seconds:.1f}s; '
+                f'end of {log}:\n' + ''.join(f'    {line}' for line in tail(log).splitlines(True)),
+                file=sys.stderr, flush=True)
+  except (_Stop, KeyboardInterrupt):
+    # Each run saves a checkpoint on SIGTERM, so the same sweep command continues from there.
+    for proc, _, _ in running.values():
+      proc.send_signal(signal.SIGTERM)
+    for proc, _, _ in running.values():
+      proc.wait()
+    raise JaxlabError(f'sweep stopped with {len(running) + len(todo)} point(s) unfinished; '
+                      'run the same command to continue') from None
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  return len(failed)

@@ -1,0 +1,111 @@
+"""Two local processes (gloo CPU collectives, 2 simulated devices each) train like one process with 4."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import LAUNCH, ROOT
+
+TINY = ['--config=configs/mnist1d/cnn.py', '--config.data.num_samples=1000', '--config.data.batch_size=40',
+        '--config.data.eval_batch_size=200', '--config.model.channels=8', '--config.train.num_steps=20',
+        '--config.train.checkpoint_every=10', '--config.train.eval_every=0', '--config.train.log_every=10']
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int, cache: str, **extra: str) -> dict[str, str]:
+  env = {k: v for k, v in os.environ.items() if not k.startswith('JAXLAB_')}
+  return {**env, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAXLAB_CACHE_DIR': cache,
+          'JAX_PLATFORMS': 'cpu', **extra}
+
+
+def _one_process(workdir, cache) -> subprocess.CompletedProcess:
+  proc = subprocess.run([sys.executable, LAUNCH, *TINY, f'--workdir={workdir}'], capture_output=True, text=True,
+                        cwd=ROOT, env=_env(4, cache), timeout=180)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def _two_processes(workdir, cache, use_env: bool) -> list[str]:
+  """Runs both processes of a 2-process job; the job is given by flags, or by JAXLAB_* env vars."""
+  address = f'127.0.0.1:{_free_port()}'
+  procs = []
+  for i in range(2):
+    if use_env:
+      args, extra = [], {'JAXLAB_COORDINATOR_ADDRESS': address, 'JAXLAB_NUM_PROCESSES': '2',
+                         'JAXLAB_PROCESS_ID': str(i)}
+    else:
+      args, extra = [f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'], {}
+    procs.append(subprocess.Popen([sys.executable, LAUNCH, *TINY, *args, f'--workdir={workdir}'], cwd=ROOT,
+                                  env=_env(2, cache, **extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True))
+  outputs = [p.communicate(timeout=180)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  return outputs
+
+
+def _params(workdir, step: int) -> dict:
+  """The params of the checkpoint at `step`, read with orbax as host numpy arrays."""
+  import jax
+  import orbax.checkpoint as ocp
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  with ocp.PyTreeCheckpointer() as ckptr:
+    meta = ckptr.metadata(path).item_metadata.tree
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    state = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+  return state['params']
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('multihost')
+  cache = str(root / 'cache')
+  single = _one_process(root / 'single', cache)
+  multi_out = _two_processes(root / 'multi', cache, use_env=False)
+  return root, single.stdout, multi_out
+
+
+def _assert_close(a, b):
+  import jax
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b) and leaves_a
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(runs):
+  root, single_out, multi_out = runs
+  assert 'on 4 cpu device(s)' in single_out
+  assert 'on 4 cpu device(s)' in multi_out[0]  # 2 processes x 2 devices form one 4-device mesh
+  assert 'Finished step 20/20' in multi_out[0]
+  assert 'Finished step' not in multi_out[1]  # only process 0 reports and writes logs
+  _assert_close(_params(root / 'single', 20), _params(root / 'multi', 20))
+  import jax
+  kernel_10, kernel_20 = (jax.tree.leaves(_params(root / 'multi', s))[0] for s in (10, 20))
+  assert not np.allclose(kernel_10, kernel_20)  # the params did train between the checkpoints
+
+
+def test_checkpoint_of_two_processes_resumes_in_one_process(runs, tmp_path):
+  root, _, _ = runs
+  workdir = tmp_path / 'resumed'
+  shutil.copytree(root / 'multi', workdir)
+  shutil.rmtree(workdir / 'checkpoints' / '20')  # resume from the 2-process checkpoint of step 10
+  out = _one_process(workdir, str(root / 'cache')).stdout
+  assert 'Resuming from step 10' in out and '(10 trained' in out
+  _assert_close(_params(root / 'single', 20), _params(workdir, 20))
+
+
+def test_env_vars_configure_the_job(tmp_path):
+  _two_processes(tmp_path / 'env', str(tmp_path / 'cache'), use_env=True)
+  assert (tmp_path / 'env' / 'summary.json').exists()
+  assert sorted(os.listdir(tmp_path / 'env' / 'checkpoints')) == ['10', '20']
