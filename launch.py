@@ -126,5 +126,5 @@ def _sweep_or_results(command: str, argv: list[str]) -> None:
 if __name__ == '__main__':
   if sys.argv[1:2] == ['tpu']:  # its own flags; what follows `--` is passed on untouched
     from jaxlab import tpu
-    sys.exit(tpu.main(sys.argv[2:]))
+    sys.exit(tpu.main(sys.argv[2:], root=HERE))
   app.run(main, flags_parser=_parse)
