@@ -9,10 +9,13 @@ import ml_collections
 
 from jaxlab.errors import ConfigError
 from jaxlab.models.cnn import CNN1D
+from jaxlab.models.convnets import ACTIVATIONS, CNN, LeNet5
 from jaxlab.models.mlp import MLP
+from jaxlab.models.resnet import ResNet, stage_sizes
 from jaxlab.models.rnn import CELLS, RNNClassifier
 
-MODELS: dict[str, type[nn.Module]] = {'mlp': MLP, 'cnn1d': CNN1D, 'rnn': RNNClassifier}
+MODELS: dict[str, type[nn.Module]] = {'mlp': MLP, 'cnn1d': CNN1D, 'rnn': RNNClassifier, 'lenet5': LeNet5, 'cnn': CNN,
+                                      'resnet': ResNet}
 
 
 def create(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -28,4 +31,11 @@ def create(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     raise ConfigError(f'model {name!r} has no attribute(s) {unknown}; it takes {sorted(fields)}')
   if name == 'rnn' and kwargs.get('cell', 'gru') not in CELLS:
     raise ConfigError(f'unknown model.cell {kwargs["cell"]!r}; choose from {", ".join(CELLS)}')
+  if name == 'lenet5' and kwargs.get('activation', 'tanh') not in ACTIVATIONS:
+    raise ConfigError(f'unknown model.activation {kwargs["activation"]!r}; choose from {", ".join(ACTIVATIONS)}')
+  if name == 'resnet':
+    try:
+      stage_sizes(kwargs.get('style', 'cifar'), kwargs.get('depth', 20))
+    except ValueError as e:
+      raise ConfigError(f'model: {e}') from None
   return cls(num_classes=num_classes, **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})

@@ -18,5 +18,7 @@ def make(config: ml_collections.ConfigDict, source: ArraySource) -> tuple[Task, 
   tx, schedule = optim.make_optimizer(config.optimizer, config.train.num_steps)
   if config.task == 'classification':
     model = models.create(config.model, source.num_classes)
-    return Classification(model, tx, source.num_classes, config.loss.label_smoothing), schedule
+    loss = config.loss  # l1/l2 are optional keys: configs written before them still load
+    return Classification(model, tx, source.num_classes, loss.label_smoothing, loss.get('l1', 0.0),
+                          loss.get('l2', 0.0)), schedule
   raise ConfigError(f'unknown task {config.task!r}; choose from {", ".join(TASKS)}')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -13,12 +14,25 @@ from jaxlab.state import TrainState
 from jaxlab.tasks.base import Batch, Metrics
 
 
+def weight_penalty(params: Any, l1: float, l2: float) -> jax.Array:
+  """l1 * sum|w| + l2/2 * sum w^2 over the weight matrices and kernels (not biases or BatchNorm scales)."""
+  kernels = [w for path, w in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == 'kernel']
+  total = jnp.zeros((), jnp.float32)
+  if l1:
+    total += l1 * sum(jnp.sum(jnp.abs(w)) for w in kernels)
+  if l2:
+    total += 0.5 * l2 * sum(jnp.sum(jnp.square(w)) for w in kernels)
+  return total
+
+
 @dataclasses.dataclass(frozen=True)
 class Classification:
   model: nn.Module
   tx: optax.GradientTransformation
   num_classes: int
   label_smoothing: float = 0.0
+  l1: float = 0.0
+  l2: float = 0.0
 
   def init(self, rng: jax.Array, batch: Batch) -> TrainState:
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
@@ -33,7 +47,7 @@ class Classification:
     logits, updates = self.model.apply({'params': params, **state.model_state}, batch['x'], train=True,
                                        rngs={'dropout': rng}, mutable=list(state.model_state))
     labels = optax.smooth_labels(jax.nn.one_hot(batch['y'], self.num_classes), self.label_smoothing)
-    loss = optax.softmax_cross_entropy(logits, labels).mean()
+    loss = optax.softmax_cross_entropy(logits, labels).mean() + weight_penalty(params, self.l1, self.l2)
     return loss, (logits, updates)
 
   def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -47,8 +61,17 @@ class Classification:
     return new_state, metrics
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
+    """Sums over real examples: loss, correct, top-5 correct (over 5 classes), and the confusion matrix."""
     logits = self.model.apply({'params': state.params, **state.model_state}, batch['x'], train=False)
     mask = batch['mask']
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['y'])
-    correct = jnp.argmax(logits, -1) == batch['y']
-    return {'loss': jnp.sum(loss * mask), 'accuracy': jnp.sum(correct * mask), 'count': jnp.sum(mask)}
+    predicted = jnp.argmax(logits, -1)
+    sums = {'loss': jnp.sum(loss * mask), 'accuracy': jnp.sum((predicted == batch['y']) * mask),
+            'count': jnp.sum(mask)}
+    if self.num_classes > 5:
+      top5 = jnp.any(jax.lax.top_k(logits, 5)[1] == batch['y'][:, None], axis=-1)
+      sums['top5_accuracy'] = jnp.sum(top5 * mask)
+    # confusion[true, predicted] as a matmul: O(batch * classes^2) memory would not fit ImageNet.
+    truth = jax.nn.one_hot(batch['y'], self.num_classes) * mask[:, None]
+    sums['confusion'] = truth.T @ jax.nn.one_hot(predicted, self.num_classes)
+    return sums

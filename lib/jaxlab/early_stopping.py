@@ -1,0 +1,88 @@
+"""Early stopping on a validation metric, keeping the best checkpoint in <workdir>/best.
+
+Config (all optional, in the `train` block): `early_stopping_metric` such as
+'validation_accuracy' (empty: off), `early_stopping_mode` 'max' or 'min', and
+`early_stopping_patience`: stop after this many evaluations without improvement (0: never stop,
+only keep the best). The patience count is derived from (step, best step), so it survives resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxlab import checkpoint
+from jaxlab.errors import ConfigError
+
+BEST_DIR = 'best'
+
+
+class BestCheckpoint:
+  """Saves the state whenever the watched metric improves; says when patience has run out."""
+
+  def __init__(self, workdir: str, metric: str, mode: str, patience: int, eval_every: int):
+    split, _, self.key = metric.partition('_')
+    if split != 'validation' or not self.key:
+      raise ConfigError(f'train.early_stopping_metric must name a validation metric such as '
+                        f"'validation_accuracy' (never the test set), got {metric!r}")
+    if mode not in ('max', 'min'):
+      raise ConfigError(f"train.early_stopping_mode must be 'max' or 'min', got {mode!r}")
+    if patience > 0 and eval_every <= 0:
+      raise ConfigError('train.early_stopping_patience needs train.eval_every > 0')
+    self.metric, self.mode, self.patience, self.eval_every = metric, mode, patience, eval_every
+    self.directory = os.path.join(workdir, BEST_DIR)
+    self._ckpt = checkpoint.Checkpointer(self.directory, keep=1)
+    self.step, self.value = self._load_record()
+
+  def _record_path(self) -> str:
+    return os.path.join(self.directory, 'best.json')
+
+  def _load_record(self) -> tuple[int | None, float | None]:
+    if self._ckpt.latest_step() is None or not os.path.exists(self._record_path()):
+      return None, None
+    with open(self._record_path()) as f:
+      record = json.load(f)
+    return record['step'], record['value']
+
+  def _better(self, value: float) -> bool:
+    return self.value is None or (value > self.value if self.mode == 'max' else value < self.value)
+
+  def update(self, step: int, results: dict[str, dict[str, float]], state: Any, config: dict[str, Any]) -> bool:
+    """Saves `state` if this evaluation is the best so far; returns whether it was."""
+    if 'validation' not in results:
+      raise ConfigError('early stopping needs a validation split: set data.validation_size > 0')
+    value = results['validation'][self.key]
+    if not self._better(value):
+      return False
+    self._ckpt.save(step, state, config)
+    self._ckpt.wait()  # the record below must never name a checkpoint that is not on disk
+    self.step, self.value = step, value
+    if jax.process_index() == 0:
+      with open(self._record_path(), 'w') as f:
+        json.dump({'step': step, 'value': value, 'metric': self.metric}, f)
+    return True
+
+  def should_stop(self, step: int) -> bool:
+    """True once `patience` evaluations have passed since the best one."""
+    if self.patience <= 0 or self.step is None:
+      return False
+    return (step - self.step) // self.eval_every >= self.patience
+
+  def restore(self, target: Any) -> Any:
+    return self._ckpt.restore(self.step, target)
+
+  def close(self) -> None:
+    self._ckpt.close()
+
+
+def from_config(workdir: str, train_cfg: ml_collections.ConfigDict) -> BestCheckpoint | None:
+  """The tracker the `train` block asks for, or None when early stopping is off."""
+  metric = train_cfg.get('early_stopping_metric', '')
+  if not metric:
+    return None
+  return BestCheckpoint(workdir, metric, train_cfg.get('early_stopping_mode', 'max'),
+                        train_cfg.get('early_stopping_patience', 0), train_cfg.eval_every)

@@ -1,0 +1,54 @@
+"""Early stopping on a validation metric keeps, restores and reports the best checkpoint."""
+
+import json
+import os
+
+import pytest
+
+from conftest import tiny_config
+from jaxlab import early_stopping, train
+from jaxlab.errors import ConfigError
+
+
+def _config(**overrides):
+  config = tiny_config(**{'data.validation_size': 200, 'train.num_steps': 120, 'train.eval_every': 5,
+                          'train.log_every': 5, 'train.checkpoint_every': 0, 'model.channels': 8, **overrides})
+  config.unlock()
+  config.train.early_stopping_metric = 'validation_accuracy'
+  config.train.early_stopping_mode = 'max'
+  config.train.early_stopping_patience = 3
+  config.lock()
+  return config
+
+
+def _validation_records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r for r in map(json.loads, f) if r['split'] == 'validation']
+
+
+def test_early_stopping_restores_the_best_validation_checkpoint(tmp_path):
+  workdir = str(tmp_path / 'run')
+  summary = train.train(_config(), workdir)
+  records = _validation_records(workdir)
+  best = max(records, key=lambda r: r['accuracy'])  # max() keeps the first of ties, as the tracker does
+  assert summary['best_step'] == best['step']
+  assert summary['best_validation_accuracy'] == best['accuracy']
+  # The final report is computed from the restored best state, not the last one.
+  assert summary['validation_accuracy'] == pytest.approx(best['accuracy'])
+  assert summary['stopped_early']
+  assert summary['step'] == best['step'] + 3 * 5  # patience 3 evaluations after the best
+  with open(os.path.join(workdir, 'eval_test.json')) as f:
+    assert json.load(f)['step'] == best['step']
+
+
+def test_the_test_split_cannot_drive_early_stopping(tmp_path):
+  with pytest.raises(ConfigError, match='never the test set'):
+    early_stopping.BestCheckpoint(str(tmp_path), 'test_accuracy', 'max', 1, 5)
+
+
+def test_patience_counts_evaluations_since_the_best(tmp_path):
+  tracker = early_stopping.BestCheckpoint(str(tmp_path), 'validation_loss', 'min', 2, 10)
+  tracker.step, tracker.value = 30, 0.5
+  assert not tracker.should_stop(40) and tracker.should_stop(50)
+  assert tracker._better(0.4) and not tracker._better(0.5)
+  tracker.close()
