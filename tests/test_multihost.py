@@ -106,6 +106,37 @@ def test_checkpoint_of_two_processes_resumes_in_one_process(runs, tmp_path):
 
 
 def test_env_vars_configure_the_job(tmp_path):
-  _two_processes(tmp_path / 'env', str(tmp_path / 'cache'), use_env=True)
+  outputs = _two_processes(tmp_path / 'env', str(tmp_path / 'cache'), use_env=True)
+  assert 'on 4 cpu device(s)' in outputs[0]
   assert (tmp_path / 'env' / 'summary.json').exists()
   assert sorted(os.listdir(tmp_path / 'env' / 'checkpoints')) == ['10', '20']
+
+
+def test_settings_come_from_flags_then_env_then_a_tpu_vm(tmp_path):
+  from jaxlab import distributed
+  from jaxlab.errors import ConfigError
+  env = {'JAXLAB_COORDINATOR_ADDRESS': 'h:1', 'JAXLAB_NUM_PROCESSES': '4', 'JAXLAB_PROCESS_ID': '3'}
+  assert distributed.resolve(env=env, tpu_vm=False) == distributed.Settings('h:1', 4, 3)
+  assert distributed.resolve('x:2', 2, 0, env=env, tpu_vm=False) == distributed.Settings('x:2', 2, 0)
+  assert distributed.resolve(env={}, tpu_vm=True) == distributed.Settings(auto=True)
+  assert distributed.resolve(env={}, tpu_vm=False) is None
+  with pytest.raises(ConfigError, match='missing: coordinator_address, process_id'):
+    distributed.resolve(num_processes=2, env={}, tpu_vm=False)
+  with pytest.raises(ConfigError, match=r'process_id must be in \[0, num_processes=2\), got 2'):
+    distributed.resolve('h:1', 2, 2, env={}, tpu_vm=False)
+  with pytest.raises(ConfigError, match="num_processes must be an integer, got 'two'"):
+    distributed.resolve(env={**env, 'JAXLAB_NUM_PROCESSES': 'two'}, tpu_vm=False)
+  pci = tmp_path / 'pci'
+  for device, vendor in (('0000:00:04.0', '0x1ae0'), ('0000:00:05.0', '0x8086')):
+    (pci / device).mkdir(parents=True)
+    (pci / device / 'vendor').write_text(vendor + '\n')
+  assert distributed.on_tpu_vm(str(pci))
+  (pci / '0000:00:04.0' / 'vendor').write_text('0x10de\n')
+  assert not distributed.on_tpu_vm(str(pci))
+
+
+def test_incomplete_multiprocess_flags_are_one_line_errors(tmp_path):
+  proc = subprocess.run([sys.executable, LAUNCH, *TINY, '--num_processes=2', f'--workdir={tmp_path}/w'],
+                        capture_output=True, text=True, cwd=ROOT, env=_env(1, str(tmp_path / 'cache')), timeout=120)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: a multi-process run needs coordinator_address')

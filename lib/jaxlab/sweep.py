@@ -122,9 +122,10 @@ def resolve(spec: str, points: Sequence[Point], common: Mapping[str, Any] = {}) 
   resolved, seen = [], {}
   for point in points:
     name = point_name(point, names)
-    if name in seen:
-      raise ConfigError(f'sweep has the point {point} twice (as {seen[name]} too)')
-    seen[name] = point
+    same = seen.get(json.dumps(point, sort_keys=True, default=str)) or seen.get(name)
+    if same:
+      raise ConfigError(f'sweep has the point {point} twice (also as {same})')
+    seen[json.dumps(point, sort_keys=True, default=str)] = seen[name] = point
     config = config_lib.load(spec)
     try:
       for key, value in {**common, **point}.items():
