@@ -136,14 +136,17 @@ def plot(groups: Sequence[dict[str, Any]], metric: str, path: str) -> bool:
 
 
 def write(workdir: str, metric: str = 'test_accuracy') -> str:
-  """Writes results.csv, results.md and <metric>.png into the sweep's workdir; returns the table."""
+  """Writes results.csv (every number), results.md and <metric>.png into the sweep's workdir;
+  returns the table."""
   rows, keys = collect(workdir)
   metrics = metric_names(rows)
   if metric not in metrics and any(r['status'] == 'done' for r in rows):
     raise ConfigError(f'metric {metric!r} is not in the runs\' summaries; they have: {", ".join(metrics)}')
   groups = aggregate(rows, keys, metrics)
   write_csv(rows, os.path.join(workdir, CSV_FILE))
-  table = markdown(groups, metrics, rows)
+  # The table stays readable: the chosen metric, accuracies and losses (results.csv has them all).
+  shown = [metric] + [m for m in metrics if m != metric and m.endswith(('accuracy', 'loss'))]
+  table = markdown(groups, shown if metric in metrics else metrics, rows)
   with open(os.path.join(workdir, MARKDOWN_FILE), 'w') as f:
     f.write(table)
   plotted = plot(groups, metric, os.path.join(workdir, f'{metric}.png'))
