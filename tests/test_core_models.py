@@ -66,6 +66,14 @@ def test_residual_mlp_adds_the_hidden_layer_to_its_input():
   np.testing.assert_allclose(residual.apply(variables, x), expected, rtol=1e-5)
 
 
+def test_matmul_conv_computes_the_same_function_with_the_same_parameters():
+  xla, matmul = _model(dict(name='cnn1d', channels=6)), _model(dict(name='cnn1d', channels=6, conv='matmul'))
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 40))
+  variables = xla.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, matmul.init(jax.random.PRNGKey(0), x))
+  np.testing.assert_allclose(matmul.apply(variables, x), xla.apply(variables, x), rtol=1e-5, atol=1e-5)
+
+
 def test_eval_step_ignores_padding():
   batch = {'x': jnp.ones((4, 40)), 'y': jnp.array([1, 2, 3, 4]), 'mask': jnp.array([1., 1., 0., 0.])}
   task = Classification(_model(MODEL_CONFIGS['mlp']), optax.sgd(0.1), num_classes=10)

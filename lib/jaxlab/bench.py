@@ -84,3 +84,35 @@ def run(config: ml_collections.ConfigDict, steps: int = 2000, repeats: int = 5) 
         f'{result["hand_steps_per_sec"]:.0f} steps/s | framework time / hand-loop time = {result["time_ratio"]:.3f}',
         flush=True)
   return result
+
+
+def _timed_train(config: ml_collections.ConfigDict) -> float:
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    train.train(config, workdir)
+    return time.perf_counter() - start
+
+
+def run_replicas(config: ml_collections.ConfigDict, num_replicas: int = 8, repeats: int = 3) -> dict[str, float]:
+  """Wall time of `num_replicas` seeds as one vmapped run against as many separate runs (in-process)."""
+  config = config.copy_and_resolve_references()
+  config.train.eval_every = config.train.checkpoint_every = 0
+  print(f'bench replicas: {num_replicas} seeds of model {config.model.name}, {config.train.num_steps} steps each, '
+        f'{jax.device_count()} {jax.devices()[0].platform} device(s), {repeats} repeats', flush=True)
+  together, separate = [], []
+  for r in range(repeats):
+    vmapped = config.copy_and_resolve_references()
+    vmapped.num_replicas = num_replicas
+    together.append(_timed_train(vmapped))
+    total = 0.0
+    for seed in range(num_replicas):
+      single = config.copy_and_resolve_references()
+      single.seed = config.seed + seed
+      total += _timed_train(single)
+    separate.append(total)
+    print(f'  repeat {r + 1}: vmapped {together[-1]:.1f}s, separate {separate[-1]:.1f}s', flush=True)
+  result = {'vmapped_seconds': statistics.median(together), 'separate_seconds': statistics.median(separate)}
+  result['speedup'] = result['separate_seconds'] / result['vmapped_seconds']
+  print(f'median: {num_replicas} vmapped seeds {result["vmapped_seconds"]:.1f}s | {num_replicas} separate runs '
+        f'{result["separate_seconds"]:.1f}s | speed-up {result["speedup"]:.2f}x', flush=True)
+  return result

@@ -138,11 +138,12 @@ def defaults() -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.num_replicas = 1  # >1: seeds seed, seed+1, ... trained together by one vmapped step (replicas.py)
   c.task = 'classification'
   c.data = ml_collections.ConfigDict(dict(
       name='mnist1d', num_samples=5000, train_split=0.8,  # mnist1d's defaults: 4000 train / 1000 test
       validation_size=0, batch_size=100, eval_batch_size=500))
-  c.model = ml_collections.ConfigDict(dict(name='cnn1d', channels=25))
+  c.model = ml_collections.ConfigDict(dict(name='cnn1d', channels=25, conv='xla'))
   c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0))
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adam', learning_rate=1e-2, schedule='constant', warmup_steps=0, final_lr_fraction=0.0,

@@ -28,11 +28,12 @@ class MetricWriter:
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    record = {'step': step, 'split': split, **{k: float(v) for k, v in metrics.items()}, 'time': time.time()}
+    record = {'step': step, 'split': split, **metrics, 'time': time.time()}
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
     for name, value in metrics.items():
-      self._tb.add_scalar(f'{split}/{name}', float(value), step)
+      if isinstance(value, float):  # per-replica lists stay in metrics.jsonl
+        self._tb.add_scalar(f'{split}/{name}', value, step)
 
   def close(self) -> None:
     if self.enabled:
@@ -40,8 +41,8 @@ class MetricWriter:
       self._tb.close()
 
 
-def format_metrics(metrics: Mapping[str, float]) -> str:
-  return ' '.join(f'{k}={v:.4g}' for k, v in metrics.items())
+def format_metrics(metrics: Mapping[str, float | list]) -> str:
+  return ' '.join(f'{k}={v:.4g}' for k, v in metrics.items() if isinstance(v, float))
 
 
 class Progress:

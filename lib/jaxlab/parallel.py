@@ -35,6 +35,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def replica_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """(replicas, batch, ...) arrays: every replica's batch split over the data axis."""
+  return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -13,9 +13,10 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxlab import checkpoint, data, parallel, tasks
+from jaxlab import checkpoint, data, early_stopping, metrics, parallel, replicas, tasks
 from jaxlab import config as config_lib
 from jaxlab.errors import NonFiniteLossError
 from jaxlab.logging import MetricWriter, Progress, format_metrics
@@ -68,11 +69,27 @@ def _accumulating(train_step: Callable) -> Callable:
   """
   def step(state: TrainState, totals: dict[str, Any], batch: Any):
     new_state, metrics = train_step(state, batch)
-    keep = (totals['first_nonfinite'] >= 0) | jnp.isfinite(metrics['loss'])
+    keep = (totals['first_nonfinite'] >= 0) | jnp.all(jnp.isfinite(metrics['loss']))
     return new_state, {'sums': jax.tree.map(jnp.add, totals['sums'], metrics), 'count': totals['count'] + 1,
-                       'first_nonfinite': jnp.where(keep, totals['first_nonfinite'], new_state.step),
-                       'nonfinite_loss': jnp.where(keep, totals['nonfinite_loss'], metrics['loss'])}
+                       'first_nonfinite': jnp.where(keep, totals['first_nonfinite'], jnp.ravel(new_state.step)[0]),
+                       'nonfinite_loss': jnp.where(keep, totals['nonfinite_loss'], jnp.sum(metrics['loss']))}
   return step
+
+
+def _report(metrics: dict[str, Any], replicated: bool) -> dict[str, Any]:
+  """Scalars as floats; per-replica values as their mean plus the list under '<name>_replicas'.
+
+  Array-valued metrics (a confusion matrix) are not scalars to log and are left out.
+  """
+  out = {}
+  for name, value in metrics.items():
+    value = np.asarray(value, np.float64)
+    if value.ndim > replicated:
+      continue
+    out[name] = float(value.mean())
+    if replicated:
+      out[f'{name}_replicas'] = value.tolist()
+  return out
 
 
 def _due(step: int, every: int) -> bool:
@@ -103,8 +120,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
   source = data.make_source(config.data, config.seed)
   task, schedule = tasks.make(config, source)
   batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-
+  train_batch_sharding = batch_sharding
   rng = jax.random.PRNGKey(config.seed)
+  if config.num_replicas > 1:
+    source, task = replicas.ReplicatedSource(source, config.num_replicas), replicas.ReplicatedTask(task)
+    rng = replicas.init_keys(config.seed, config.num_replicas)
+    train_batch_sharding = parallel.replica_batch_sharding(mesh)
+
   example = source.example_batch()
   abstract = jax.eval_shape(task.init, rng, example)
   state_sharding = parallel.tree_shardings(abstract, replicated)
@@ -117,12 +139,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
   if jax.process_index() == 0:
     config_lib.save(workdir, config)
 
-  abstract_metrics = jax.eval_shape(task.train_step, abstract, example)[1]
+  train_example = (jax.tree.map(lambda x: np.stack([x] * config.num_replicas), example)
+                   if config.num_replicas > 1 else example)
+  abstract_metrics = jax.eval_shape(task.train_step, abstract, train_example)[1]
   totals_sharding = parallel.tree_shardings(_zero_totals(abstract_metrics), replicated)
   zero_totals = jax.jit(functools.partial(_zero_totals, abstract_metrics), out_shardings=totals_sharding)
-  train_step = jax.jit(_accumulating(task.train_step), in_shardings=(state_sharding, totals_sharding, batch_sharding),
+  train_step = jax.jit(_accumulating(task.train_step),
+                       in_shardings=(state_sharding, totals_sharding, train_batch_sharding),
                        out_shardings=(state_sharding, totals_sharding), donate_argnums=(0, 1))
   eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)
+
+  eval_sums: dict[str, dict[str, Any]] = {}  # the last evaluation's raw sums, for the end-of-run report
 
   def evaluate(state: TrainState) -> dict[str, dict[str, float]]:
     results = {}
@@ -133,7 +160,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
       sums = jax.device_get(sums)
       count = sums.pop('count')
-      results[split] = {k: float(v / count) for k, v in sums.items()}
+      results[split] = _report({k: v / count for k, v in sums.items() if np.ndim(v) == np.ndim(count)},
+                               config.num_replicas > 1)
+      if 'confusion' in sums:
+        results[split].update(_report(metrics.macro_rates(sums['confusion']), config.num_replicas > 1))
+      eval_sums[split] = {**sums, 'count': count}
     return results
 
   num_steps, t = config.train.num_steps, config.train
@@ -149,6 +180,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
   eval_results: dict[str, dict[str, float]] = {}
   start_time, start_step = time.perf_counter(), step
   preempted = False
+  best = early_stopping.from_config(workdir, config.train)
+  stopped_early = best is not None and best.should_stop(step)
 
   def flush() -> None:
     """Reads the summed step metrics off the devices; stops the run on a non-finite loss."""
@@ -161,7 +194,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
       where = f'step {last_good} in {ckpt.directory}' if last_good is not None else 'none (no checkpoint was saved)'
       raise NonFiniteLossError(f'loss is {float(values["nonfinite_loss"])} at step {int(values["first_nonfinite"])}; '
                                f'training stopped. Last good checkpoint: {where}')
-    means = {k: float(v) / count for k, v in values['sums'].items()}
+    means = _report({k: v / count for k, v in values['sums'].items()}, config.num_replicas > 1)
     now = time.perf_counter()
     means['learning_rate'] = float(schedule(step - 1))
     means['steps_per_sec'] = count / max(now - clock - paused, 1e-9)
@@ -183,8 +216,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
   try:
     with _Preemption() as preemption:
       batches = source.train_batches(step)
-      while step < num_steps:
-        state, totals = train_step(state, totals, parallel.to_global(next(batches), batch_sharding))
+      while step < num_steps and not stopped_early:
+        state, totals = train_step(state, totals, parallel.to_global(next(batches), train_batch_sharding))
         step += 1
         last = step == num_steps
         preempted = not last and preemption.requested(step)
@@ -196,34 +229,49 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
           for split, metrics_ in eval_results.items():
             writer.write(step, split, metrics_)
             progress.message(f'step {step} {split}: {format_metrics(metrics_)}')
+          if best is not None:
+            best.update(step, eval_results, state, config_lib.to_dict(config))
+            stopped_early = not last and best.should_stop(step)
           paused += time.perf_counter() - began
-        if _due(step, t.checkpoint_every) or last or preempted:
+        if _due(step, t.checkpoint_every) or last or preempted or stopped_early:
           save()
         for hook in hooks:
           hook(step, state)
         if preempted:
           progress.message(f'Preempted (SIGTERM) at step {step}; checkpoint saved. Run the same command to resume.')
           break
+    if best is not None and best.step is not None and not preempted:
+      progress.message(f'{"Stopped early; r" if stopped_early else "R"}estoring the best checkpoint: step '
+                       f'{best.step} ({best.metric} {best.value:.4g})')
+      state = best.restore(checkpoint.abstract_with_shardings(abstract, state_sharding))
+      eval_results = evaluate(state)
     if not eval_results:  # the run had already finished: report from the final checkpoint
       eval_results = evaluate(state)
   finally:
     progress.close()
     writer.close()
     ckpt.close()
+    if best is not None:
+      best.close()
 
   elapsed = time.perf_counter() - start_time
   summary = {'step': step, 'num_steps': num_steps, 'preempted': preempted, 'workdir': workdir,
              'train_seconds': elapsed, 'steps_trained': step - start_step,
+             **({'best_step': best.step, f'best_{best.metric}': best.value, 'stopped_early': stopped_early}
+                if best is not None else {}),
              **{f'{split}_{k}': v for split, m in eval_results.items() for k, v in m.items()}}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:
       json.dump(summary, f, indent=2)
+    for split, sums in eval_sums.items():  # per-class metrics, confusion matrix JSON and PNG
+      metrics.save(workdir, split, sums, best.step if best is not None and best.step is not None else step)
   return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
   """The run's final line: steps, time, and every evaluation metric (test accuracy first)."""
-  metrics = {k: v for k, v in summary.items() if k.split('_')[0] in ('test', 'validation')}
+  metrics = {k: v for k, v in summary.items()
+             if k.split('_')[0] in ('test', 'validation') and isinstance(v, float)}
   ordered = sorted(metrics, key=lambda k: (not k.startswith('test'), k))
   parts = [f'{k} {metrics[k]:.2%}' if k.endswith('accuracy') else f'{k} {metrics[k]:.4f}' for k in ordered]
   return (f'Finished step {summary["step"]}/{summary["num_steps"]} '

@@ -35,7 +35,7 @@ class ArraySource:
   eval_batch_size: int
   seed: int
   num_classes: int
-  _epoch_cache: tuple[int, np.ndarray] = dataclasses.field(default=(-1, np.zeros(0)), repr=False)
+  _epoch_cache: tuple[int, np.ndarray] = dataclasses.field(default=(-1, np.zeros(0)), init=False, repr=False)
 
   def __post_init__(self):
     if 'train' not in self.splits:

@@ -1,0 +1,59 @@
+"""Many runs in one program: `config.num_replicas` seeds trained by one vmapped, jitted step.
+
+Replica r is the run with seed `config.seed + r`: its own initialisation and its own data
+order, so its numbers match a separate run with that seed (within float tolerance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+
+from jaxlab.data.arrays import ArraySource, Batch
+from jaxlab.state import TrainState
+from jaxlab.tasks.base import Metrics, Task
+
+
+def init_keys(seed: int, num_replicas: int) -> jax.Array:
+  """PRNGKey(seed + r) for each replica r, stacked."""
+  return jax.numpy.stack([jax.random.PRNGKey(seed + r) for r in range(num_replicas)])
+
+
+@dataclasses.dataclass
+class ReplicatedSource:
+  """Stacks the training batches of per-seed copies of a source: arrays of (replicas, batch, ...).
+
+  Evaluation batches are shared: every replica sees the same examples.
+  """
+
+  base: ArraySource
+  num_replicas: int
+
+  def __post_init__(self):
+    self._copies = [dataclasses.replace(self.base, seed=self.base.seed + r) for r in range(self.num_replicas)]
+
+  def __getattr__(self, name: str) -> Any:  # eval_splits, num_classes, example_batch, eval_batches ...
+    return getattr(self.base, name)
+
+  def train_batches(self, start_step: int) -> Iterator[Batch]:
+    for batches in zip(*(copy.train_batches(start_step) for copy in self._copies)):
+      yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicatedTask:
+  """A task whose state has a leading replica axis; every function is the base one under vmap."""
+
+  base: Task
+
+  def init(self, rngs: jax.Array, batch: Batch) -> TrainState:
+    return jax.vmap(self.base.init, in_axes=(0, None))(rngs, batch)
+
+  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    return jax.vmap(self.base.train_step)(state, batch)
+
+  def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
+    return jax.vmap(self.base.eval_step, in_axes=(0, None))(state, batch)
