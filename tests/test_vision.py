@@ -103,7 +103,8 @@ def test_standin_cifar10_resnet_trains_end_to_end(tmp_path):
 # --- regularisers: each switch changes the loss and gradients exactly as its formula says ---
 
 def _loss_and_grads(task, state, batch):
-  (loss, _), grads = jax.value_and_grad(task._loss, has_aux=True)(state.params, state, batch)
+  # jitted: op-by-op convolution gradients take tens of seconds on CPU
+  (loss, _), grads = jax.jit(jax.value_and_grad(task._loss, has_aux=True))(state.params, state, batch)
   return loss, grads
 
 
