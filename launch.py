@@ -1,7 +1,7 @@
 """jaxlab's command line.
 
   python launch.py [train] --config=configs/mnist1d/cnn.py[:arg] [--config.a.b=value ...] [--workdir=DIR]
-  python launch.py bench   --config=... [--bench_steps=N --bench_repeats=R]
+  python launch.py bench   --config=... [--bench_steps=N --bench_repeats=R] [--bench_replicas=8]
   python launch.py sweep   --config=... [--config.a.b=value ...] [--workdir=DIR] [--parallel=N]
   python launch.py results SWEEP_WORKDIR [--metric=test_accuracy]
   python launch.py tpu     --tpu=NAME --zone=ZONE [...] -- <launch.py arguments>   (see jaxlab/tpu.py)
@@ -26,6 +26,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<c
 _RESTART = flags.DEFINE_bool('restart', False, 'Move an existing run in --workdir aside and start over.')
 _BENCH_STEPS = flags.DEFINE_integer('bench_steps', 2000, 'bench: timed steps per repeat.')
 _BENCH_REPEATS = flags.DEFINE_integer('bench_repeats', 5, 'bench: repeats (the median is reported).')
+_BENCH_REPLICAS = flags.DEFINE_integer(
+    'bench_replicas', 0, 'bench: >0 times that many seeds as one vmapped run against as many separate runs.')
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'sweep: points run at a time, each on its share of the CPU cores.')
 _METRIC = flags.DEFINE_string('metric', 'test_accuracy', 'sweep/results: the summary metric to plot.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
@@ -94,7 +96,10 @@ def main(argv: list[str]) -> None:
     parallel.enable_compilation_cache()
     if command == 'bench':
       from jaxlab import bench
-      bench.run(config, steps=_BENCH_STEPS.value, repeats=_BENCH_REPEATS.value)
+      if _BENCH_REPLICAS.value:
+        bench.run_replicas(config, _BENCH_REPLICAS.value, repeats=_BENCH_REPEATS.value)
+      else:
+        bench.run(config, steps=_BENCH_STEPS.value, repeats=_BENCH_REPEATS.value)
       return
     import jax
     from jaxlab import train
