@@ -34,7 +34,8 @@ def collect(workdir: str) -> tuple[list[dict[str, Any]], list[str]]:
     if summary is None:
       row['status'] = 'missing'
     else:
-      row['status'] = 'done' if summary['step'] == summary['num_steps'] and not summary['preempted'] else 'partial'
+      finished = summary.get('step') == summary.get('num_steps') and not summary.get('preempted')
+      row['status'] = 'done' if finished else 'partial'
       row.update({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     rows.append(row)
   return rows, keys
