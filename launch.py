@@ -52,7 +52,7 @@ def _parse(argv: list[str]) -> list[str]:
     _fail(_unknown_key_message(str(e), argv))
   except Exception as e:  # noqa: BLE001 - an error inside the config file itself
     _fail(f'could not load the config: {type(e).__name__}: {e}')
-  path = config_flags.get_config_filename(flags.FLAGS['config'])
+  path = config_flags.get_config_filename(flags.FLAGS['config']).partition(':')[0]
   if not os.path.isfile(path):
     _fail(f'config file not found: {path}')
   if not hasattr(_CONFIG.value, 'lock'):

@@ -112,7 +112,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, restart: bo
           'Use another --workdir, or pass --restart to move the old run aside and start over.')
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
+    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')  # processes of one job share the workdir
     with open(probe, 'w') as f:
       f.write('ok')
     os.remove(probe)
@@ -144,12 +144,15 @@ def defaults() -> ml_collections.ConfigDict:
       name='mnist1d', num_samples=5000, train_split=0.8,  # mnist1d's defaults: 4000 train / 1000 test
       validation_size=0, batch_size=100, eval_batch_size=500))
   c.model = ml_collections.ConfigDict(dict(name='cnn1d', channels=25, conv='xla'))
-  c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0))
+  c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, l1=0.0, l2=0.0))  # l1/l2: penalties on kernels
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adam', learning_rate=1e-2, schedule='constant', warmup_steps=0, final_lr_fraction=0.0,
       step_boundaries=(0.5, 0.75), step_factor=0.1, weight_decay=0.0, grad_clip_norm=0.0,
       momentum=0.9, b1=0.9, b2=0.999, eps=1e-8, decay=0.9))
   c.train = ml_collections.ConfigDict(dict(
-      num_steps=6000, log_every=200, eval_every=1000, checkpoint_every=1000, keep_checkpoints=3))
+      num_steps=6000, log_every=200, eval_every=1000, checkpoint_every=1000, keep_checkpoints=3,
+      # e.g. 'validation_accuracy' (needs data.validation_size); '' is off. Patience counts
+      # evaluations without improvement before stopping (0: never stop, still keep the best).
+      early_stopping_metric='', early_stopping_mode='max', early_stopping_patience=0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
   return c

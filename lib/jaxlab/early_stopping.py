@@ -1,6 +1,6 @@
 """Early stopping on a validation metric, keeping the best checkpoint in <workdir>/best.
 
-Config (all optional, in the `train` block): `early_stopping_metric` such as
+Config (the `train` block of config.defaults()): `early_stopping_metric` such as
 'validation_accuracy' (empty: off), `early_stopping_mode` 'max' or 'min', and
 `early_stopping_patience`: stop after this many evaluations without improvement (0: never stop,
 only keep the best). The patience count is derived from (step, best step), so it survives resume.
@@ -81,8 +81,8 @@ class BestCheckpoint:
 
 def from_config(workdir: str, train_cfg: ml_collections.ConfigDict) -> BestCheckpoint | None:
   """The tracker the `train` block asks for, or None when early stopping is off."""
-  metric = train_cfg.get('early_stopping_metric', '')
+  metric = train_cfg.early_stopping_metric
   if not metric:
     return None
-  return BestCheckpoint(workdir, metric, train_cfg.get('early_stopping_mode', 'max'),
-                        train_cfg.get('early_stopping_patience', 0), train_cfg.eval_every)
+  return BestCheckpoint(workdir, metric, train_cfg.early_stopping_mode,
+                        train_cfg.early_stopping_patience, train_cfg.eval_every)

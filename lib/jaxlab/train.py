@@ -270,8 +270,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
 
 def format_summary(summary: dict[str, Any]) -> str:
   """The run's final line: steps, time, and every evaluation metric (test accuracy first)."""
-  metrics = {k: v for k, v in summary.items()
-             if k.split('_')[0] in ('test', 'validation') and isinstance(v, float)}
+  metrics = {k: v for k, v in summary.items() if k.split('_')[0] in ('test', 'validation')
+             and k.endswith(('accuracy', 'loss', 'macro_f1')) and isinstance(v, float)}
   ordered = sorted(metrics, key=lambda k: (not k.startswith('test'), k))
   parts = [f'{k} {metrics[k]:.2%}' if k.endswith('accuracy') else f'{k} {metrics[k]:.4f}' for k in ordered]
   return (f'Finished step {summary["step"]}/{summary["num_steps"]} '

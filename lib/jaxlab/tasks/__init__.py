@@ -19,6 +19,6 @@ def make(config: ml_collections.ConfigDict, source: ArraySource) -> tuple[Task, 
   if config.task == 'classification':
     model = models.create(config.model, source.num_classes)
     loss = config.loss  # l1/l2 are optional keys: configs written before them still load
-    return Classification(model, tx, source.num_classes, loss.label_smoothing, loss.get('l1', 0.0),
-                          loss.get('l2', 0.0)), schedule
+    return Classification(model, tx, source.num_classes, loss.label_smoothing, loss.l1,
+                          loss.l2), schedule
   raise ConfigError(f'unknown task {config.task!r}; choose from {", ".join(TASKS)}')
