@@ -59,13 +59,6 @@ def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> Mappi
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def host_slice(global_batch_size: int) -> slice:
-  """The rows of a global batch that this process loads."""
-  per_host = global_batch_size // jax.process_count()
-  start = jax.process_index() * per_host
-  return slice(start, start + per_host)
-
-
 def enable_compilation_cache(directory: str | None = None) -> str:
   """Persists compiled XLA programs so a second launch of the same config compiles faster."""
   directory = directory or os.environ.get('JAXLAB_CACHE_DIR') or os.path.expanduser('~/.cache/jaxlab/xla')

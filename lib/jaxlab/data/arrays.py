@@ -8,6 +8,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from jaxlab.data.pipeline import global_rows, host_slice
 from jaxlab.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
@@ -35,7 +36,6 @@ class ArraySource:
   eval_batch_size: int
   seed: int
   num_classes: int
-  _epoch_cache: tuple[int, np.ndarray] = dataclasses.field(default=(-1, np.zeros(0)), init=False, repr=False)
 
   def __post_init__(self):
     if 'train' not in self.splits:
@@ -57,26 +57,14 @@ class ArraySource:
   def eval_splits(self) -> list[str]:
     return [name for name in self.splits if name != 'train']
 
-  @property
-  def steps_per_epoch(self) -> int:
-    return self.num_examples('train') // self.batch_size
-
   def example_batch(self) -> Batch:
     """One example per key with a batch dimension of 1, for initialising models."""
     return {k: v[:1] for k, v in self.splits['train'].items()}
 
-  def _permutation(self, epoch: int) -> np.ndarray:
-    if self._epoch_cache[0] != epoch:
-      rng = np.random.default_rng([self.seed, epoch])
-      self._epoch_cache = (epoch, rng.permutation(self.num_examples('train')))
-    return self._epoch_cache[1]
-
   def train_indices(self, step: int) -> np.ndarray:
     """Indices of this host's rows of the global batch for `step`."""
-    epoch, position = divmod(step, self.steps_per_epoch)
-    rows = self._permutation(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
-    per_host = self.batch_size // jax.process_count()
-    return rows[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
+    rows = global_rows(self.seed, step, self.batch_size, self.num_examples('train'))
+    return rows[host_slice(self.batch_size, jax.process_index(), jax.process_count())]
 
   def train_batches(self, start_step: int) -> Iterator[Batch]:
     train = self.splits['train']
@@ -89,10 +77,9 @@ class ArraySource:
   def eval_batches(self, split: str) -> Iterator[Batch]:
     """The whole split in order, padded to full batches; 'mask' marks the real examples."""
     data, n = self.splits[split], self.num_examples(split)
-    per_host = self.eval_batch_size // jax.process_count()
+    part = host_slice(self.eval_batch_size, jax.process_index(), jax.process_count())
     for start in range(0, n, self.eval_batch_size):
-      rows = np.arange(start, start + self.eval_batch_size)
-      rows = rows[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
+      rows = np.arange(start, start + self.eval_batch_size)[part]
       mask = rows < n
       rows = np.where(mask, rows, 0)
       batch = {k: v[rows] for k, v in data.items()}
