@@ -15,17 +15,22 @@ from jaxlab.errors import ConfigError
 CONFIG_FILE = 'config.json'
 
 
-def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:arg]` and applies `a.b=value` overrides; returns a locked config."""
+def call(spec: str, function: str) -> Any:
+  """`function(arg)` of the config file `path/to/config.py[:arg]` (`function()` without an arg)."""
   path, _, arg = spec.partition(':')
   if not os.path.isfile(path):
     raise ConfigError(f'config file not found: {path}')
   module_spec = importlib.util.spec_from_file_location('_jaxlab_config', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ConfigError(f'{path} has no get_config() function')
-  config = module.get_config(arg) if arg else module.get_config()
+  if not hasattr(module, function):
+    raise ConfigError(f'{path} has no {function}() function')
+  return getattr(module, function)(arg) if arg else getattr(module, function)()
+
+
+def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` and applies `a.b=value` overrides; returns a locked config."""
+  config = call(spec, 'get_config')
   config.lock()
   for override in overrides:
     key, sep, value = override.partition('=')

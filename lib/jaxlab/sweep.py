@@ -14,7 +14,6 @@ from __future__ import annotations
 import builtins
 import collections
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -69,17 +68,9 @@ def zip(*axes: Axis) -> list[Point]:  # noqa: A001 - big_vision's name for it
 
 def load(spec: str) -> list[Point]:
   """The points of `sweep(arg)` in the config file `path.py[:arg]`."""
-  path, _, arg = spec.partition(':')
-  if not os.path.isfile(path):
-    raise ConfigError(f'config file not found: {path}')
-  module_spec = importlib.util.spec_from_file_location('_jaxlab_sweep_config', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, 'sweep'):
-    raise ConfigError(f'{path} has no sweep() function')
-  points = module.sweep(arg) if arg else module.sweep()
+  points = config_lib.call(spec, 'sweep')
   if not isinstance(points, list) or not points or not all(isinstance(p, dict) for p in points):
-    raise ConfigError(f'{path}: sweep() must return a non-empty list of dicts, got {points!r:.200}')
+    raise ConfigError(f'{spec}: sweep() must return a non-empty list of dicts, got {points!r:.200}')
   return points
 
 
