@@ -3,6 +3,7 @@
   python launch.py [train] --config=configs/mnist1d/cnn.py[:arg] [--config.a.b=value ...] [--workdir=DIR]
   python launch.py bench   --config=... [--bench_steps=N --bench_repeats=R] [--bench_replicas=8]
   python launch.py sweep   --config=... [--config.a.b=value ...] [--workdir=DIR] [--parallel=N]
+  python launch.py search  --config=... [--trials=20] [--parallel=N] [--metric=validation_accuracy] [--direction=maximize]
   python launch.py results SWEEP_WORKDIR [--metric=test_accuracy]
   python launch.py tpu     --tpu=NAME --zone=ZONE [...] -- <launch.py arguments>   (see jaxlab/tpu.py)
 
@@ -19,7 +20,7 @@ from ml_collections import config_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, 'configs', 'mnist1d', 'cnn.py')
-COMMANDS = ('train', 'bench', 'sweep', 'results')
+COMMANDS = ('train', 'bench', 'sweep', 'search', 'results')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, `path.py` or `path.py:arg`.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config dir>-<config name>).')
@@ -28,8 +29,13 @@ _BENCH_STEPS = flags.DEFINE_integer('bench_steps', 2000, 'bench: timed steps per
 _BENCH_REPEATS = flags.DEFINE_integer('bench_repeats', 5, 'bench: repeats (the median is reported).')
 _BENCH_REPLICAS = flags.DEFINE_integer(
     'bench_replicas', 0, 'bench: >0 times that many seeds as one vmapped run against as many separate runs.')
-_PARALLEL = flags.DEFINE_integer('parallel', 1, 'sweep: points run at a time, each on its share of the CPU cores.')
-_METRIC = flags.DEFINE_string('metric', 'test_accuracy', 'sweep/results: the summary metric to plot.')
+_PARALLEL = flags.DEFINE_integer('parallel', 1, 'sweep/search: runs at a time, each on its share of the CPU cores.')
+_METRIC = flags.DEFINE_string('metric', 'test_accuracy',
+                              'sweep/results: the summary metric to plot; search: the one to tune (default validation_accuracy).')
+_TRIALS = flags.DEFINE_integer('trials', 20, 'search: trials the study should hold in the end.')
+_DIRECTION = flags.DEFINE_enum('direction', None, ['maximize', 'minimize'],
+                               'search: default minimize for a *loss metric, else maximize.')
+_SEARCH_SEED = flags.DEFINE_integer('search_seed', 0, "search: the TPE sampler's seed.")
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: index of this process.')
@@ -88,7 +94,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows it
   config = _CONFIG.value
   try:
-    if command in ('sweep', 'results'):  # parents of runs: they never start a JAX backend
+    if command in ('sweep', 'search', 'results'):  # parents of runs: they never start a JAX backend
       _sweep_or_results(command, argv)
       return
     from jaxlab import distributed
@@ -114,18 +120,28 @@ def main(argv: list[str]) -> None:
 
 
 def _sweep_or_results(command: str, argv: list[str]) -> None:
-  from jaxlab import results, sweep
+  from jaxlab import results, search, sweep
+  spec = config_flags.get_config_filename(flags.FLAGS['config'])
+  common = config_flags.get_override_values(flags.FLAGS['config'])
+  launcher = (sys.executable, os.path.abspath(__file__))
+  metric = _METRIC.value
   if command == 'sweep':
-    spec = config_flags.get_config_filename(flags.FLAGS['config'])
     workdir = _WORKDIR.value or os.path.join('runs', 'sweep-' + os.path.basename(_default_workdir()))
-    common = config_flags.get_override_values(flags.FLAGS['config'])
-    failed = sweep.run(spec, workdir, common=common, parallel=_PARALLEL.value,
-                       launcher=(sys.executable, os.path.abspath(__file__)), metric=_METRIC.value)
+    failed = sweep.run(spec, workdir, common=common, parallel=_PARALLEL.value, launcher=launcher, metric=metric)
+  elif command == 'search':
+    workdir = _WORKDIR.value or os.path.join('runs', 'search-' + os.path.basename(_default_workdir()))
+    metric = metric if flags.FLAGS['metric'].present else 'validation_accuracy'
+    direction = _DIRECTION.value or ('minimize' if metric.endswith('loss') else 'maximize')
+    failed = search.run(spec, workdir, trials=_TRIALS.value, common=common, parallel=_PARALLEL.value,
+                        launcher=launcher, metric=metric, direction=direction, seed=_SEARCH_SEED.value)
   else:
     workdir, failed = argv[2], 0
-  print(results.write(workdir, _METRIC.value), end='', flush=True)
+  # A search's sampled values are all different: a line plot per value would show nothing.
+  is_search = os.path.exists(os.path.join(workdir, search.STUDY_FILE))
+  print(results.write(workdir, metric, with_plot=not is_search), end='', flush=True)
   if failed:
-    _fail(f'{failed} sweep point(s) failed (their logs are above); the others are in the table', 1)
+    runs = 'sweep point(s)' if command == 'sweep' else 'trial(s)'
+    _fail(f'{failed} {runs} failed (their logs are above); the others are in the table', 1)
 
 
 if __name__ == '__main__':

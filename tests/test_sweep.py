@@ -185,3 +185,11 @@ def test_sweep_runs_every_point_reports_failures_and_restarts(tmp_path):
   assert 'sweep: 5 points, 3 already finished, 2 to run' in again.stdout
   assert 'Resuming from step 5' in (interrupted / 'launch.log').read_text()
   assert json.loads((interrupted / 'summary.json').read_text())['steps_trained'] == 5
+
+
+def test_a_run_that_stopped_early_is_finished(tmp_path):
+  summary = {'step': 300, 'num_steps': 1000, 'preempted': False, 'stopped_early': True}
+  (tmp_path / 'summary.json').write_text(json.dumps(summary))
+  assert sweep.is_finished(str(tmp_path), 1000)
+  (tmp_path / 'summary.json').write_text(json.dumps({**summary, 'stopped_early': False}))
+  assert not sweep.is_finished(str(tmp_path), 1000)

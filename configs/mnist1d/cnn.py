@@ -1,6 +1,7 @@
 """MNIST-1D CNN (Greydanus 2020): 3 strided conv layers of 25 channels; Adam 1e-2, batch 100, 6000 steps."""
 
 from jaxlab import config as config_lib
+from jaxlab.search import choice, loguniform
 from jaxlab.sweep import product
 
 
@@ -16,3 +17,10 @@ def sweep(arg=None):
   """Learning rate around the paper's 1e-2, three seeds each: `launch.py sweep --config <this file>`."""
   del arg
   return product(('optimizer.learning_rate', [3e-3, 1e-2, 3e-2]), ('seed', [0, 1, 2]))
+
+
+def search(arg=None):
+  """Learning rate and width, tuned on 500 examples held out of training: `launch.py search --config <this file>`."""
+  del arg
+  return {'optimizer.learning_rate': loguniform(1e-3, 1e-1), 'model.channels': choice([8, 16, 25, 32]),
+          'data.validation_size': 500}

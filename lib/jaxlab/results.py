@@ -34,7 +34,7 @@ def collect(workdir: str) -> tuple[list[dict[str, Any]], list[str]]:
     if summary is None:
       row['status'] = 'missing'
     else:
-      finished = summary.get('step') == summary.get('num_steps') and not summary.get('preempted')
+      finished = sweep_lib.completed(summary, summary.get('num_steps'))
       row['status'] = 'done' if finished else 'partial'
       row.update({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     rows.append(row)
@@ -77,7 +77,8 @@ def markdown(groups: Sequence[dict[str, Any]], metrics: Sequence[str], rows: Seq
   head = [*keys, 'seeds', *metrics]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for g in groups:
-    cells = [str(g['values'][k]) for k in keys] + [str(g['n'])]
+    # 4 significant digits keep sampled values (a search's learning rates) readable; the csv has them all.
+    cells = [f'{v:.4g}' if isinstance(v, float) else str(v) for v in g['values'].values()] + [str(g['n'])]
     cells += ['' if g[m] is None else f'{g[m][0]:.4f} ± {g[m][1]:.4f}' for m in metrics]
     lines.append('| ' + ' | '.join(cells) + ' |')
   done = sum(r['status'] == 'done' for r in rows)
@@ -136,9 +137,9 @@ def plot(groups: Sequence[dict[str, Any]], metric: str, path: str) -> bool:
 
 
 
-def write(workdir: str, metric: str = 'test_accuracy') -> str:
-  """Writes results.csv (every number), results.md and <metric>.png into the sweep's workdir;
-  returns the table."""
+def write(workdir: str, metric: str = 'test_accuracy', with_plot: bool = True) -> str:
+  """Writes results.csv (every number), results.md and (`with_plot`) <metric>.png into the sweep's
+  workdir; returns the table."""
   rows, keys = collect(workdir)
   metrics = metric_names(rows)
   if metric not in metrics and any(r['status'] == 'done' for r in rows):
@@ -150,6 +151,6 @@ def write(workdir: str, metric: str = 'test_accuracy') -> str:
   table = markdown(groups, shown if metric in metrics else metrics, rows)
   with open(os.path.join(workdir, MARKDOWN_FILE), 'w') as f:
     f.write(table)
-  plotted = plot(groups, metric, os.path.join(workdir, f'{metric}.png'))
+  plotted = with_plot and plot(groups, metric, os.path.join(workdir, f'{metric}.png'))
   written = [CSV_FILE, MARKDOWN_FILE] + ([f'{metric}.png'] if plotted else [])
   return table + f'Wrote {", ".join(os.path.join(workdir, w) for w in written)}\n'

@@ -127,14 +127,18 @@ def resolve(spec: str, points: Sequence[Point], common: Mapping[str, Any] = {}) 
   return resolved
 
 
+def completed(summary: Mapping[str, Any], num_steps: int) -> bool:
+  """True for a final summary at step `num_steps`, or of a run that stopped early; not a preempted one."""
+  return (summary.get('step') == num_steps or bool(summary.get('stopped_early'))) and not summary.get('preempted')
+
+
 def is_finished(point_dir: str, num_steps: int) -> bool:
-  """True when the point's run wrote its final summary at step `num_steps`."""
+  """True when the point's run wrote its final summary (see `completed`)."""
   try:
     with open(os.path.join(point_dir, SUMMARY_FILE)) as f:
-      summary = json.load(f)
+      return completed(json.load(f), num_steps)
   except (OSError, ValueError):
     return False
-  return summary.get('step') == num_steps and not summary.get('preempted')
 
 
 def cores_for(slot: int, parallel: int, cores: Sequence[int]) -> list[int]:
@@ -172,6 +176,22 @@ def start(argv: Sequence[str], log_path: str, cores: Sequence[int] | None) -> su
     log.close()
 
 
+def launch_point(launcher: Sequence[str], spec: str, common: Mapping[str, Any], point: Point, point_dir: str,
+                 slot: int = 0, parallel: int = 1) -> subprocess.Popen:
+  """Starts one point's run in `point_dir`, on slot `slot`'s share of the CPU cores when `parallel` > 1."""
+  os.makedirs(point_dir, exist_ok=True)
+  cores = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []
+  slot_cores = cores_for(slot, parallel, cores) if parallel > 1 and cores else None
+  return start(child_argv(launcher, spec, common, point, point_dir), os.path.join(point_dir, LOG_FILE), slot_cores)
+
+
+def report_failure(headline: str, point_dir: str, seconds: float) -> None:
+  """Prints `headline`, the time, and the end of the point's log to stderr."""
+  log = os.path.join(point_dir, LOG_FILE)
+  print(f'{headline} after {seconds:.1f}s; end of {log}:\n' + ''.join(f'    {line}' for line in tail(log).splitlines(True)),
+        file=sys.stderr, flush=True)
+
+
 def tail(path: str, lines: int = 20) -> str:
   try:
     with open(path, errors='replace') as f:
@@ -180,12 +200,12 @@ def tail(path: str, lines: int = 20) -> str:
     return ''
 
 
-class _Stop(Exception):
-  """SIGTERM or Ctrl-C reached the sweep."""
+class Stop(Exception):
+  """SIGTERM or Ctrl-C reached the sweep (or search)."""
 
 
-def _raise_stop(signum, frame):
-  raise _Stop()
+def raise_stop(signum, frame):
+  raise Stop()
 
 
 def run(spec: str, workdir: str, *, common: Mapping[str, Any] = {}, parallel: int = 1,
@@ -212,17 +232,15 @@ def run(spec: str, workdir: str, *, common: Mapping[str, Any] = {}, parallel: in
   running: dict[int, tuple[subprocess.Popen, dict[str, Any], float]] = {}
   failed: list[str] = []
   total, done = len(todo), 0
-  previous = signal.signal(signal.SIGTERM, _raise_stop)
+  previous = signal.signal(signal.SIGTERM, raise_stop)
   try:
     while todo or running:
       for slot in range(parallel):
         if slot not in running and todo:
           point = todo.popleft()
-          point_dir = os.path.join(workdir, point['name'])
-          os.makedirs(point_dir, exist_ok=True)
-          argv = child_argv(launcher, spec, common, point['overrides'], point_dir)
-          slot_cores = cores_for(slot, parallel, cores) if parallel > 1 and cores else None
-          running[slot] = (start(argv, os.path.join(point_dir, LOG_FILE), slot_cores), point, time.perf_counter())
+          proc = launch_point(launcher, spec, common, point['overrides'], os.path.join(workdir, point['name']),
+                              slot, parallel)
+          running[slot] = (proc, point, time.perf_counter())
       time.sleep(0.1)
       for slot, (proc, point, began) in list(running.items()):
         if proc.poll() is None:
@@ -238,11 +256,8 @@ def run(spec: str, workdir: str, *, common: Mapping[str, Any] = {}, parallel: in
           print(f'[{done}/{total}] done   {point["name"]} in {seconds:.1f}s {shown}', flush=True)
         else:
           failed.append(point['name'])
-          log = os.path.join(point_dir, LOG_FILE)
-          print(f'[{done}/{total}] FAILED {point["name"]} (exit {proc.returncode}) after {seconds:.1f}s; '
-                f'end of {log}:\n' + ''.join(f'    {line}' for line in tail(log).splitlines(True)),
-                file=sys.stderr, flush=True)
-  except (_Stop, KeyboardInterrupt):
+          report_failure(f'[{done}/{total}] FAILED {point["name"]} (exit {proc.returncode})', point_dir, seconds)
+  except (Stop, KeyboardInterrupt):
     # Each run saves a checkpoint on SIGTERM, so the same sweep command continues from there.
     for proc, _, _ in running.values():
       proc.send_signal(signal.SIGTERM)
