@@ -14,6 +14,7 @@ on a Cloud TPU VM the slice is joined automatically.
 import os
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -54,10 +55,12 @@ def _parse(argv: list[str]) -> list[str]:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
     _fail(str(e))
-  except (AttributeError, KeyError) as e:  # ml_collections: an override names a key the config lacks
-    _fail(_unknown_key_message(str(e), argv))
-  except Exception as e:  # noqa: BLE001 - an error inside the config file itself
-    _fail(f'could not load the config: {type(e).__name__}: {e}')
+  except Exception as e:  # noqa: BLE001 - an error inside the config file, or an override of a missing key
+    inside = _config_file_frame(e, argv)
+    if inside is None and isinstance(e, (AttributeError, KeyError)):
+      _fail(_unknown_key_message(str(e), argv))
+    where = f' ({inside.filename}:{inside.lineno})' if inside else ''
+    _fail(f'could not load the config{where}: {type(e).__name__}: {e}')
   path = config_flags.get_config_filename(flags.FLAGS['config']).partition(':')[0]
   if not os.path.isfile(path):
     _fail(f'config file not found: {path}')
@@ -69,6 +72,15 @@ def _parse(argv: list[str]) -> list[str]:
   elif len(rest) > 2 or (len(rest) == 2 and rest[1] not in COMMANDS):
     _fail(f'unknown command {" ".join(rest[1:])!r}; commands: {", ".join(COMMANDS + ("tpu",))}')
   return rest
+
+
+def _config_file_frame(error: BaseException, argv: list[str]) -> traceback.FrameSummary | None:
+  """The innermost frame of the error's traceback that lies in the config file named in argv."""
+  spec = next((b for a, b in zip(argv, argv[1:] + ['']) if a == '--config'), None) or next(
+      (a[len('--config='):] for a in argv if a.startswith('--config=')), '')
+  path = os.path.abspath(spec.partition(':')[0])
+  frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) == path]
+  return frames[-1] if frames else None
 
 
 def _unknown_key_message(error: str, argv: list[str]) -> str:

@@ -58,14 +58,26 @@ def test_end_to_end_run_writes_metrics_events_checkpoint_and_summary(tmp_path):
     (['--workdir={tmp}/file/run'], 'not writable'),
     (['--no_such_flag=1'], 'no_such_flag'),
     (['frobnicate'], "unknown command 'frobnicate'"),
+    (['--config={tmp}/broken.py'], "could not load the config ({tmp}/broken.py:3): KeyError: 'channels'"),
+    (['--config.data.batch_size=0', '--workdir={tmp}/w'], 'data.batch_size must be positive, got 0'),
+    (['--config.mesh.data=0', '--workdir={tmp}/w'], 'mesh axis sizes must be positive or -1'),
+    (['--config.train.early_stopping_metric=validation_accuracy', '--workdir={tmp}/w'],
+     'train.early_stopping_metric needs a validation split'),
+    (['--config.train.early_stopping_metric=validation_accuracy', '--config.num_replicas=2', '--workdir={tmp}/w'],
+     'train.early_stopping_metric needs num_replicas=1'),
+    ([*FAST, '--config.data.validation_size=200', '--config.train.num_steps=2',
+      '--config.train.early_stopping_metric=validation_acc', '--workdir={tmp}/w'],
+     "'validation_acc' is not among the validation metrics: validation_accuracy, validation_loss"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   (tmp_path / 'file').write_text('')
+  # A mistake inside a config file is reported with its line, not as an unknown override key.
+  (tmp_path / 'broken.py').write_text('def get_config(arg=None):\n  model = {}\n  return model["channels"]\n')
   proc = _launch(*[a.format(tmp=tmp_path) for a in args])
   assert proc.returncode == 2, proc.stderr
   assert 'Traceback' not in proc.stderr
   lines = proc.stderr.strip().splitlines()
-  assert lines[-1].startswith('error: ') and message in lines[-1], proc.stderr
+  assert lines[-1].startswith('error: ') and message.format(tmp=tmp_path) in lines[-1], proc.stderr
 
 
 def test_changed_config_in_existing_workdir_is_refused_then_restart_allows_it(tmp_path):
@@ -83,16 +95,24 @@ def test_changed_config_in_existing_workdir_is_refused_then_restart_allows_it(tm
 def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
   workdir = tmp_path / 'run'
   proc = subprocess.Popen([sys.executable, LAUNCH, *FAST, '--config.train.num_steps=1000000',
-                           '--config.train.log_every=50', '--config.train.checkpoint_every=0', f'--workdir={workdir}'],
+                           '--config.train.log_every=50', '--config.train.checkpoint_every=0', '--config.train.eval_every=0',
+                           f'--workdir={workdir}'],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
   metrics = workdir / 'metrics.jsonl'
-  deadline = time.time() + 120
-  while not (metrics.exists() and metrics.read_text()) and time.time() < deadline:
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGTERM)
-  stdout, stderr = proc.communicate(timeout=60)
+  try:
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text()) and time.time() < deadline:
+      time.sleep(0.2)
+    assert metrics.exists() and metrics.read_text(), 'the run logged nothing within 120 s'
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
   assert proc.returncode == 0, stderr
   assert 'Preempted (SIGTERM) at step' in stdout
   steps = [int(s) for s in os.listdir(workdir / 'checkpoints')]
   assert len(steps) == 1 and 50 <= steps[0] < 1000000
-  assert json.loads((workdir / 'summary.json').read_text())['preempted'] is True
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert summary['preempted'] is True
+  # Preempted before any evaluation (eval_every=0: only at the end): it leaves without evaluating.
+  assert not any(k.startswith('test_') for k in summary)

@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import tiny_config
@@ -52,3 +53,20 @@ def test_patience_counts_evaluations_since_the_best(tmp_path):
   assert not tracker.should_stop(40) and tracker.should_stop(50)
   assert tracker._better(0.4) and not tracker._better(0.5)
   tracker.close()
+
+
+def test_a_record_left_behind_by_a_crash_never_names_a_missing_checkpoint(tmp_path):
+  state = {'w': np.arange(3.0)}
+  tracker = early_stopping.BestCheckpoint(str(tmp_path), 'validation_accuracy', 'max', 0, 5)
+  assert tracker.update(10, {'validation': {'accuracy': 0.5}}, state, {})
+  assert not tracker.update(15, {'validation': {'accuracy': 0.4}}, state, {})
+  tracker.close()
+  reopened = early_stopping.BestCheckpoint(str(tmp_path), 'validation_accuracy', 'max', 0, 5)
+  assert (reopened.step, reopened.value) == (10, 0.5)
+  reopened.close()
+  # As if the process died after saving step 10's checkpoint but before writing its record.
+  (tmp_path / 'best' / 'best.json').write_text(json.dumps({'step': 5, 'value': 0.3, 'metric': 'validation_accuracy'}))
+  stale = early_stopping.BestCheckpoint(str(tmp_path), 'validation_accuracy', 'max', 0, 5)
+  assert (stale.step, stale.value) == (10, None)
+  np.testing.assert_array_equal(stale.restore({'w': np.zeros(3)})['w'], state['w'])
+  stale.close()

@@ -127,12 +127,13 @@ def test_settings_come_from_flags_then_env_then_a_tpu_vm(tmp_path):
   with pytest.raises(ConfigError, match="num_processes must be an integer, got 'two'"):
     distributed.resolve(env={**env, 'JAXLAB_NUM_PROCESSES': 'two'}, tpu_vm=False)
   pci = tmp_path / 'pci'
-  for device, vendor in (('0000:00:04.0', '0x1ae0'), ('0000:00:05.0', '0x8086')):
-    (pci / device).mkdir(parents=True)
-    (pci / device / 'vendor').write_text(vendor + '\n')
+  for address, vendor, device in (('0000:00:04.0', '0x1ae0', '0x0042'), ('0000:00:05.0', '0x8086', '0x1237')):
+    (pci / address).mkdir(parents=True)
+    (pci / address / 'vendor').write_text(vendor + '\n')
+    (pci / address / 'device').write_text(device + '\n')
+  assert not distributed.on_tpu_vm(str(pci))  # a gVNIC: Google's vendor id, but no TPU
+  (pci / '0000:00:04.0' / 'device').write_text('0x005e\n')  # a TPU v4 chip
   assert distributed.on_tpu_vm(str(pci))
-  (pci / '0000:00:04.0' / 'vendor').write_text('0x10de\n')
-  assert not distributed.on_tpu_vm(str(pci))
 
 
 def test_incomplete_multiprocess_flags_are_one_line_errors(tmp_path):

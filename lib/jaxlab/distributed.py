@@ -15,10 +15,13 @@ import glob
 import os
 from typing import Mapping
 
-from jaxlab.errors import ConfigError
+from jaxlab.errors import ConfigError, JaxlabError
 
 ENV_PREFIX = 'JAXLAB_'
-GOOGLE_PCI_VENDOR = '0x1ae0'  # TPU chips show up as PCI devices of this vendor on a TPU VM
+GOOGLE_PCI_VENDOR = '0x1ae0'
+# Device ids of TPU chips (v3, v4, v5p, v5e, v6e, 7x; as jax's hardware_utils lists them). Other
+# Google PCI devices, e.g. the gVNIC network card of any GCE VM, share the vendor id.
+TPU_PCI_DEVICES = frozenset({'0x0027', '0x0056', '0x005e', '0x0062', '0x0063', '0x006f', '0x0076'})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +36,10 @@ class Settings:
 
 def on_tpu_vm(pci_root: str = '/sys/bus/pci/devices') -> bool:
   """True on a Cloud TPU VM (a TPU chip is on the PCI bus), without starting a JAX backend."""
-  for path in glob.glob(os.path.join(pci_root, '*', 'vendor')):
+  for device in glob.glob(os.path.join(pci_root, '*')):
     try:
-      with open(path) as f:
-        if f.read().strip() == GOOGLE_PCI_VENDOR:
+      with open(os.path.join(device, 'vendor')) as vendor, open(os.path.join(device, 'device')) as device_id:
+        if vendor.read().strip() == GOOGLE_PCI_VENDOR and device_id.read().strip() in TPU_PCI_DEVICES:
           return True
     except OSError:
       continue
@@ -81,8 +84,14 @@ def initialize(settings: Settings | None) -> None:
   import jax
   # Cross-process collectives of the CPU backend (tests, CPU clusters); accelerators ignore it.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  if settings.auto:
-    jax.distributed.initialize()
-  else:
-    jax.distributed.initialize(coordinator_address=settings.coordinator_address,
-                               num_processes=settings.num_processes, process_id=settings.process_id)
+  try:
+    if settings.auto:
+      jax.distributed.initialize()
+    else:
+      jax.distributed.initialize(coordinator_address=settings.coordinator_address,
+                                 num_processes=settings.num_processes, process_id=settings.process_id)
+  except RuntimeError as e:  # XlaRuntimeError: the coordinator is unreachable or a process never came
+    where = 'the TPU slice' if settings.auto else (
+        f'coordinator {settings.coordinator_address} as process {settings.process_id} of {settings.num_processes}')
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise JaxlabError(f'could not join the multi-process job ({where}): {first_line}') from None

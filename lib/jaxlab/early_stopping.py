@@ -42,19 +42,26 @@ class BestCheckpoint:
     return os.path.join(self.directory, 'best.json')
 
   def _load_record(self) -> tuple[int | None, float | None]:
-    if self._ckpt.latest_step() is None or not os.path.exists(self._record_path()):
+    saved = self._ckpt.latest_step()
+    if saved is None:
       return None, None
-    with open(self._record_path()) as f:
-      record = json.load(f)
-    return record['step'], record['value']
+    try:
+      with open(self._record_path()) as f:
+        record = json.load(f)
+    except (OSError, ValueError):
+      record = {}
+    # A crash between saving a better checkpoint and writing its record leaves the record behind:
+    # the checkpoint on disk is the best, its value unknown until the next evaluation.
+    return (saved, record['value']) if record.get('step') == saved else (saved, None)
 
   def _better(self, value: float) -> bool:
     return self.value is None or (value > self.value if self.mode == 'max' else value < self.value)
 
   def update(self, step: int, results: dict[str, dict[str, float]], state: Any, config: dict[str, Any]) -> bool:
     """Saves `state` if this evaluation is the best so far; returns whether it was."""
-    if 'validation' not in results:
-      raise ConfigError('early stopping needs a validation split: set data.validation_size > 0')
+    if self.key not in results['validation']:
+      raise ConfigError(f'train.early_stopping_metric {self.metric!r} is not among the validation metrics: '
+                        f'{", ".join("validation_" + k for k in sorted(results["validation"]))}')
     value = results['validation'][self.key]
     if not self._better(value):
       return False
@@ -62,8 +69,10 @@ class BestCheckpoint:
     self._ckpt.wait()  # the record below must never name a checkpoint that is not on disk
     self.step, self.value = step, value
     if jax.process_index() == 0:
-      with open(self._record_path(), 'w') as f:
+      partial = self._record_path() + '.tmp'
+      with open(partial, 'w') as f:
         json.dump({'step': step, 'value': value, 'metric': self.metric}, f)
+      os.replace(partial, self._record_path())
     return True
 
   def should_stop(self, step: int) -> bool:

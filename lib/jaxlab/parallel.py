@@ -19,6 +19,8 @@ def make_mesh(axes: Mapping[str, int]) -> Mesh:
   names, sizes = list(axes.keys()), list(axes.values())
   if DATA_AXIS not in names:
     raise ConfigError(f'mesh must have a {DATA_AXIS!r} axis, got {names}')
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ConfigError(f'mesh axis sizes must be positive or -1 (all remaining devices), got {dict(axes)}')
   n = jax.device_count()
   known = int(np.prod([s for s in sizes if s != -1]))
   if sizes.count(-1) > 1 or n % known:

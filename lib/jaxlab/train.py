@@ -34,7 +34,9 @@ class _Preemption:
     self._previous = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    # With several processes jax.distributed's own SIGTERM handler feeds the sync point below;
+    # a Python handler would replace it.
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -76,7 +78,7 @@ def _accumulating(train_step: Callable) -> Callable:
   return step
 
 
-def _report(metrics: dict[str, Any], replicated: bool) -> dict[str, Any]:
+def _report(metrics: dict[str, Any], per_replica: bool) -> dict[str, Any]:
   """Scalars as floats; per-replica values as their mean plus the list under '<name>_replicas'.
 
   Array-valued metrics (a confusion matrix) are not scalars to log and are left out.
@@ -84,10 +86,10 @@ def _report(metrics: dict[str, Any], replicated: bool) -> dict[str, Any]:
   out = {}
   for name, value in metrics.items():
     value = np.asarray(value, np.float64)
-    if value.ndim > replicated:
+    if value.ndim > per_replica:
       continue
     out[name] = float(value.mean())
-    if replicated:
+    if per_replica:
       out[f'{name}_replicas'] = value.tolist()
   return out
 
@@ -102,6 +104,11 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   for key in ('log_every', 'eval_every', 'checkpoint_every'):
     config_lib.require(t[key] >= 0, f'train.{key} must be >= 0 (0 means only at the end), got {t[key]}')
   config_lib.require(t.keep_checkpoints > 0, f'train.keep_checkpoints must be positive, got {t.keep_checkpoints}')
+  for key in ('batch_size', 'eval_batch_size'):
+    config_lib.require(config.data[key] > 0, f'data.{key} must be positive, got {config.data[key]}')
+  config_lib.require(config.num_replicas >= 1, f'num_replicas must be >= 1, got {config.num_replicas}')
+  config_lib.require(not (t.early_stopping_metric and config.num_replicas > 1),
+                     'train.early_stopping_metric needs num_replicas=1: each replica would stop at its own step')
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = False,
@@ -118,11 +125,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
     config_lib.require(config.data[key] % dp == 0,
                        f'data.{key} {config.data[key]} is not divisible by the {dp} devices of the data axis')
   source = data.make_source(config.data, config.seed)
+  config_lib.require(not config.train.early_stopping_metric or 'validation' in source.eval_splits,
+                     'train.early_stopping_metric needs a validation split: set data.validation_size > 0')
   task, schedule = tasks.make(config, source)
   batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
   train_batch_sharding = batch_sharding
   rng = jax.random.PRNGKey(config.seed)
-  if config.num_replicas > 1:
+  per_replica = config.num_replicas > 1
+  if per_replica:
     source, task = replicas.ReplicatedSource(source, config.num_replicas), replicas.ReplicatedTask(task)
     rng = replicas.init_keys(config.seed, config.num_replicas)
     train_batch_sharding = parallel.replica_batch_sharding(mesh)
@@ -161,9 +171,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
       sums = jax.device_get(sums)
       count = sums.pop('count')
       results[split] = _report({k: v / count for k, v in sums.items() if np.ndim(v) == np.ndim(count)},
-                               config.num_replicas > 1)
+                               per_replica)
       if 'confusion' in sums:
-        results[split].update(_report(metrics.macro_rates(sums['confusion']), config.num_replicas > 1))
+        results[split].update(_report(metrics.macro_rates(sums['confusion']), per_replica))
       eval_sums[split] = {**sums, 'count': count}
     return results
 
@@ -194,7 +204,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
       where = f'step {last_good} in {ckpt.directory}' if last_good is not None else 'none (no checkpoint was saved)'
       raise NonFiniteLossError(f'loss is {float(values["nonfinite_loss"])} at step {int(values["first_nonfinite"])}; '
                                f'training stopped. Last good checkpoint: {where}')
-    means = _report({k: v / count for k, v in values['sums'].items()}, config.num_replicas > 1)
+    means = _report({k: v / count for k, v in values['sums'].items()}, per_replica)
     now = time.perf_counter()
     means['learning_rate'] = float(schedule(step - 1))
     means['steps_per_sec'] = count / max(now - clock - paused, 1e-9)
@@ -241,11 +251,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
           progress.message(f'Preempted (SIGTERM) at step {step}; checkpoint saved. Run the same command to resume.')
           break
     if best is not None and best.step is not None and not preempted:
+      value = 'not recorded' if best.value is None else f'{best.value:.4g}'
       progress.message(f'{"Stopped early; r" if stopped_early else "R"}estoring the best checkpoint: step '
-                       f'{best.step} ({best.metric} {best.value:.4g})')
+                       f'{best.step} ({best.metric} {value})')
       state = best.restore(checkpoint.abstract_with_shardings(abstract, state_sharding))
       eval_results = evaluate(state)
-    if not eval_results:  # the run had already finished: report from the final checkpoint
+    # A run that had already finished reports from its final checkpoint; a preempted one leaves at once.
+    if not eval_results and not preempted:
       eval_results = evaluate(state)
   finally:
     progress.close()
