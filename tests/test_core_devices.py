@@ -44,3 +44,24 @@ def test_one_and_eight_devices_agree(tmp_path, name):
   for a, b in zip(one, eight):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   assert abs(acc_one - acc_eight) <= 0.005  # at most one of 200 test examples flips
+
+
+def test_prefetch_places_batches_on_the_mesh_in_order_and_reads_only_size_ahead():
+  import jax
+  from jaxlab import parallel
+  mesh = parallel.make_mesh({'data': -1, 'model': 1})
+  sharding = parallel.batch_sharding(mesh)
+  read = []
+
+  def source():
+    for i in range(5):
+      read.append(i)
+      yield {'x': np.full((4, 3), i, np.float32), 'y': np.arange(4) + i}
+
+  batches = parallel.prefetch_to_devices(source(), sharding, size=2)
+  first = next(batches)
+  assert read == [0, 1, 2]  # the batch handed out and two more already on their way
+  assert isinstance(first['x'], jax.Array) and first['x'].sharding == sharding
+  rest = list(batches)
+  assert [int(b['x'][0, 0]) for b in [first, *rest]] == [0, 1, 2, 3, 4]
+  np.testing.assert_array_equal(rest[-1]['y'], np.arange(4) + 4)

@@ -156,6 +156,7 @@ def defaults() -> ml_collections.ConfigDict:
       momentum=0.9, b1=0.9, b2=0.999, eps=1e-8, decay=0.9))
   c.train = ml_collections.ConfigDict(dict(
       num_steps=6000, log_every=200, eval_every=1000, checkpoint_every=1000, keep_checkpoints=3,
+      device_prefetch=2,  # batches copied onto accelerators ahead of the step (0: copy when the step runs)
       # e.g. 'validation_accuracy' (needs data.validation_size); '' is off. Patience counts
       # evaluations without improvement before stopping (0: never stop, still keep the best).
       early_stopping_metric='', early_stopping_mode='max', early_stopping_patience=0))

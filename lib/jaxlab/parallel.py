@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import os
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -58,6 +59,27 @@ def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> Mappi
   """
   if jax.process_count() == 1:
     return batch
+  return to_device(batch, sharding)
+
+
+def prefetch_to_devices(batches: Iterator[Mapping[str, np.ndarray]], sharding: NamedSharding,
+                        size: int) -> Iterator[Mapping[str, Any]]:
+  """Yields the batches as global arrays, `size` of them already on their way to the devices.
+
+  Transfers are asynchronous, so the copy of the next batches overlaps the running step.
+  """
+  ahead: collections.deque = collections.deque()
+  for batch in batches:
+    ahead.append(to_device(batch, sharding))
+    if len(ahead) > size:
+      yield ahead.popleft()
+  yield from ahead
+
+
+def to_device(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> Mapping[str, Any]:
+  """Each host's slice of the batch, placed onto the devices as one global array per key."""
+  if jax.process_count() == 1:
+    return jax.device_put(dict(batch), sharding)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 

@@ -103,6 +103,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   config_lib.require(t.num_steps > 0, f'train.num_steps must be positive, got {t.num_steps}')
   for key in ('log_every', 'eval_every', 'checkpoint_every'):
     config_lib.require(t[key] >= 0, f'train.{key} must be >= 0 (0 means only at the end), got {t[key]}')
+  config_lib.require(t.device_prefetch >= 0, f'train.device_prefetch must be >= 0, got {t.device_prefetch}')
   config_lib.require(t.keep_checkpoints > 0, f'train.keep_checkpoints must be positive, got {t.keep_checkpoints}')
   for key in ('batch_size', 'eval_batch_size'):
     config_lib.require(config.data[key] > 0, f'data.{key} must be positive, got {config.data[key]}')
@@ -226,8 +227,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
   try:
     with _Preemption() as preemption:
       batches = source.train_batches(step)
+      # On CPU, device memory is host memory: jit reading the numpy batch itself is ~5 % faster
+      # (MNIST-1D CNN, measured) than copying batches ahead.
+      if t.device_prefetch > 0 and jax.default_backend() != 'cpu':
+        batches = parallel.prefetch_to_devices(batches, train_batch_sharding, t.device_prefetch)
+      else:
+        batches = (parallel.to_global(b, train_batch_sharding) for b in batches)
       while step < num_steps and not stopped_early:
-        state, totals = train_step(state, totals, parallel.to_global(next(batches), train_batch_sharding))
+        state, totals = train_step(state, totals, next(batches))
         step += 1
         last = step == num_steps
         preempted = not last and preemption.requested(step)
