@@ -87,6 +87,7 @@ def test_shipped_configs_declare_seed_sweeps():
     spec = os.path.join(ROOT, 'configs', 'mnist1d', f'{name}.py')
     points = sweep.resolve(spec, sweep.load(spec))
     assert {p['overrides']['seed'] for p in points} >= {0, 1, 2}
+    assert {p['overrides']['optimizer.learning_rate'] for p in points} == {3e-3, 1e-2, 3e-2}
 
 
 def test_cores_are_split_evenly_and_shared_when_short():

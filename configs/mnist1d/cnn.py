@@ -2,7 +2,7 @@
 
 from jaxlab import config as config_lib
 from jaxlab.search import choice, loguniform
-from jaxlab.sweep import product
+from jaxlab.sweep import mnist1d_sweep as sweep  # `launch.py sweep --config <this file>`
 
 
 def get_config(arg=None):
@@ -11,12 +11,6 @@ def get_config(arg=None):
   config.model = dict(name='cnn1d', channels=25, kernel_sizes=(5, 3, 3), strides=(2, 2, 2), padding=1,
                       conv='xla')  # 'matmul': same function, much faster under num_replicas on CPU
   return config
-
-
-def sweep(arg=None):
-  """Learning rate around the paper's 1e-2, three seeds each: `launch.py sweep --config <this file>`."""
-  del arg
-  return product(('optimizer.learning_rate', [3e-3, 1e-2, 3e-2]), ('seed', [0, 1, 2]))
 
 
 def search(arg=None):

@@ -66,6 +66,16 @@ def zip(*axes: Axis) -> list[Point]:  # noqa: A001 - big_vision's name for it
   return [{k: v for p in group for k, v in p.items()} for group in builtins.zip(*lists)]
 
 
+def mnist1d_sweep(arg: str | None = None) -> list[Point]:
+  """The MNIST-1D configs' sweep: learning rate around the paper's 1e-2, three seeds each.
+
+  Those configs bind it as their own `sweep` (`from jaxlab.sweep import mnist1d_sweep as sweep`),
+  so `launch.py sweep --config configs/mnist1d/<model>.py` runs it.
+  """
+  del arg
+  return product(('optimizer.learning_rate', [3e-3, 1e-2, 3e-2]), ('seed', [0, 1, 2]))
+
+
 def load(spec: str) -> list[Point]:
   """The points of `sweep(arg)` in the config file `path.py[:arg]`."""
   points = config_lib.call(spec, 'sweep')
