@@ -1,19 +1,16 @@
 """Fashion-MNIST, a small CNN: 2 x (conv 3x3 -> ReLU -> max-pool) with 32/64 channels, dense 128, dropout 0.25.
 
-Adam 1e-3 with cosine decay, batch 128, 20 epochs; 5,000 training images held out for validation.
+Adam 1e-3 with cosine decay, batch 128, 20 epochs; 5,000 training images held out for validation
+(configs/fashion_mnist/common.py).
 """
 
-from jaxlab.data.vision_configs import image_config
+import os
 
-STEPS_PER_EPOCH = 55000 // 128
+from jaxlab import config as config_lib
 
 
 def get_config(arg=None):
   del arg
-  config = image_config('fashion_mnist', batch_size=128, eval_batch_size=1000, mean=(0.2860,), std=(0.3530,),
-                        validation_size=5000)
+  config = config_lib.call(os.path.join(os.path.dirname(__file__), 'common.py'), 'protocol')
   config.model = dict(name='cnn', channels=(32, 64), hidden=(128,), dropout=0.25, batch_norm=False)
-  config.optimizer.update(dict(name='adam', learning_rate=1e-3, schedule='cosine'))
-  config.train.update(dict(num_steps=20 * STEPS_PER_EPOCH, log_every=STEPS_PER_EPOCH, eval_every=STEPS_PER_EPOCH,
-                           checkpoint_every=5 * STEPS_PER_EPOCH))
   return config
