@@ -90,6 +90,18 @@ def test_shipped_configs_declare_seed_sweeps():
     assert {p['overrides']['optimizer.learning_rate'] for p in points} == {3e-3, 1e-2, 3e-2}
 
 
+def test_sweep_parents_never_import_jax_and_name_the_summary_as_train_does():
+  """Why sweep.SUMMARY_FILE is its own constant: importing train's would start JAX in every sweep parent."""
+  from jaxlab import train
+  assert sweep.SUMMARY_FILE == train.SUMMARY_FILE
+  spec = os.path.join(ROOT, 'configs', 'mnist1d', 'cnn.py')
+  code = (f'import sys; from jaxlab import results, search, sweep; sweep.resolve({spec!r}, sweep.load({spec!r})); '
+          'print("jax" in sys.modules)')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip() == 'False'
+
+
 def test_cores_are_split_evenly_and_shared_when_short():
   assert [sweep.cores_for(s, 2, [0, 1, 2, 3]) for s in range(2)] == [[0, 1], [2, 3]]
   assert [sweep.cores_for(s, 2, [4, 5, 6]) for s in range(2)] == [[4, 5], [6]]

@@ -31,7 +31,9 @@ Axis = tuple[str, Sequence[Any]] | Sequence[Point]
 
 MANIFEST = 'sweep.json'
 LOG_FILE = 'launch.log'
-SUMMARY_FILE = 'summary.json'  # written by train.train at the end of a run
+# train.SUMMARY_FILE, written at the end of a run; not imported from there, as train imports JAX
+# and sweep/search parents never start it.
+SUMMARY_FILE = 'summary.json'
 _SAFE = re.compile(r'[^A-Za-z0-9._=,+-]')
 _MAX_NAME = 120
 
