@@ -99,3 +99,15 @@ def test_schedule_choices():
   assert [float(schedule(s)) for s in (0, 5, 10, 60, 110)] == pytest.approx([0, .5, 1, .5, 0])
   with pytest.raises(ConfigError, match='unknown optimizer.schedule'):
     optim.make_schedule(tiny_config(**{'optimizer.schedule': 'cosin'}).optimizer, 10)
+
+
+def test_resumed_run_drops_the_metrics_logged_after_its_checkpoint(tmp_path):
+  """A run killed after logging past its last checkpoint logs those steps again on resume: once each."""
+  from jaxlab.logging import MetricWriter
+  lines = [json.dumps({'step': s, 'split': 'train', 'loss': 1.0}) + '\n' for s in (2, 4, 6, 8)]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(lines) + '{"step": 1')  # the last line cut by the kill
+  writer = MetricWriter(str(tmp_path), start_step=4)
+  writer.write(6, 'train', {'loss': 0.5})
+  writer.close()
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [(r['step'], r['loss']) for r in records] == [(2, 1.0), (4, 1.0), (6, 0.5)]

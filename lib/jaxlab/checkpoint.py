@@ -18,7 +18,7 @@ class Checkpointer:
   """Keeps the newest `keep` checkpoints; an unfinished (killed) save is never restored."""
 
   def __init__(self, directory: str, keep: int):
-    self.directory = os.path.abspath(directory)
+    self.directory = directory if '://' in directory else os.path.abspath(directory)  # orbax writes gs:// itself
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -9,6 +9,7 @@ import time
 from typing import Any, Sequence
 
 import ml_collections
+from etils import epath
 
 from jaxlab.errors import ConfigError
 
@@ -93,20 +94,29 @@ def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, restart: bool = False) -> None:
-  """Makes `workdir` usable for `config`: writable, and not holding a different run.
+  """Makes `workdir` (a local path or a bucket URL such as gs://...) usable for `config`.
 
   A workdir that holds a run with another config is an error naming the keys that differ;
-  with `restart` that run is moved aside to `<workdir>.old-<timestamp>` (never deleted).
+  with `restart` process 0 moves that run aside to `<workdir>.old-<timestamp>` (never deleted).
   """
-  saved_path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(saved_path):
-    with open(saved_path) as f:
-      saved = json.load(f)
+  import jax  # here, not at the top: sweep and search parents load configs without JAX
+  path = epath.Path(workdir)
+  saved_path = path / CONFIG_FILE
+  try:
+    exists = saved_path.exists()
+  except ImportError as e:  # a bucket URL whose filesystem package is missing
+    raise ConfigError(f'workdir {workdir}: {e}') from None
+  if exists:
+    saved = json.loads(saved_path.read_text())
     keys = differing_keys(saved, to_dict(config))
     if restart:
-      aside = f'{workdir.rstrip("/")}.old-{time.strftime("%Y%m%d-%H%M%S")}'
-      os.rename(workdir, aside)
-      print(f'Moved the previous run to {aside}', flush=True)
+      if '://' in workdir:
+        raise ConfigError(f'--restart cannot move a bucket workdir aside; delete {workdir} or use another --workdir')
+      if jax.process_index() == 0:
+        aside = f'{workdir.rstrip("/")}.old-{time.strftime("%Y%m%d-%H%M%S")}'
+        os.rename(workdir, aside)
+        print(f'Moved the previous run to {aside}', flush=True)
+      _barrier('jaxlab_prepare_workdir')  # the others must not see the old run half moved
     elif keys:
       saved_flat, new_flat = flatten(saved), flatten(to_dict(config))
       shown = ', '.join(f'{k} ({saved_flat.get(k, "<absent>")!r} -> {new_flat.get(k, "<absent>")!r})'
@@ -116,18 +126,23 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, restart: bo
           f'workdir {workdir} holds a run with a different config: {shown}{more}. '
           'Use another --workdir, or pass --restart to move the old run aside and start over.')
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')  # processes of one job share the workdir
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f'.write_test.{jax.process_index()}.{os.getpid()}'  # processes of one job share the workdir
+    probe.write_text('ok')
+    probe.unlink()
   except OSError as e:
-    raise ConfigError(f'workdir {workdir} is not writable: {e.strerror}') from None
+    raise ConfigError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
+
+
+def _barrier(name: str) -> None:
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def save(workdir: str, config: ml_collections.ConfigDict) -> None:
-  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-    json.dump(to_dict(config), f, indent=2, sort_keys=True)
+  (epath.Path(workdir) / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True))
 
 
 def require(condition: bool, message: str) -> None:

@@ -9,11 +9,11 @@ only keep the best). The patience count is derived from (step, best step), so it
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 
 from jaxlab import checkpoint
 from jaxlab.errors import ConfigError
@@ -34,20 +34,19 @@ class BestCheckpoint:
     if patience > 0 and eval_every <= 0:
       raise ConfigError('train.early_stopping_patience needs train.eval_every > 0')
     self.metric, self.mode, self.patience, self.eval_every = metric, mode, patience, eval_every
-    self.directory = os.path.join(workdir, BEST_DIR)
+    self.directory = str(epath.Path(workdir) / BEST_DIR)
     self._ckpt = checkpoint.Checkpointer(self.directory, keep=1)
     self.step, self.value = self._load_record()
 
-  def _record_path(self) -> str:
-    return os.path.join(self.directory, 'best.json')
+  def _record_path(self) -> epath.Path:
+    return epath.Path(self.directory) / 'best.json'
 
   def _load_record(self) -> tuple[int | None, float | None]:
     saved = self._ckpt.latest_step()
     if saved is None:
       return None, None
     try:
-      with open(self._record_path()) as f:
-        record = json.load(f)
+      record = json.loads(self._record_path().read_text())
     except (OSError, ValueError):
       record = {}
     # A crash between saving a better checkpoint and writing its record leaves the record behind:
@@ -69,10 +68,9 @@ class BestCheckpoint:
     self._ckpt.wait()  # the record below must never name a checkpoint that is not on disk
     self.step, self.value = step, value
     if jax.process_index() == 0:
-      partial = self._record_path() + '.tmp'
-      with open(partial, 'w') as f:
-        json.dump({'step': step, 'value': value, 'metric': self.metric}, f)
-      os.replace(partial, self._record_path())
+      partial = self._record_path().with_suffix('.tmp')
+      partial.write_text(json.dumps({'step': step, 'value': value, 'metric': self.metric}))
+      partial.replace(self._record_path())
     return True
 
   def should_stop(self, step: int) -> bool:

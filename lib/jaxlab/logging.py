@@ -3,42 +3,68 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Mapping
 
 import jax
+from etils import epath
+
+
+METRICS_FILE = 'metrics.jsonl'
 
 
 class MetricWriter:
   """Appends one JSON object per (step, split) to metrics.jsonl and mirrors it to TensorBoard.
 
-  Only process 0 writes; on other processes every call is a no-op.
+  Only process 0 writes; on other processes every call is a no-op. In a bucket (gs://), where
+  objects cannot be appended to, the file is rewritten whole at each write.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: int = 0):
+    """`start_step`: the step the run resumes from; records after it (logged by the interrupted run
+    after its last checkpoint, and about to be logged again) are dropped."""
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._path = epath.Path(workdir) / METRICS_FILE
+    lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+    kept = [line for line in lines if _step_of(line) <= start_step]
+    if len(kept) < len(lines):
+      self._path.write_text(''.join(kept))
+    self._lines = kept if '://' in workdir else None
+    if self._lines is None:
+      self._jsonl = open(self._path, 'a')
+    self._tb = SummaryWriter(str(epath.Path(workdir) / 'tensorboard'))
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    record = {'step': step, 'split': split, **metrics, 'time': time.time()}
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+    line = json.dumps({'step': step, 'split': split, **metrics, 'time': time.time()}) + '\n'
+    if self._lines is None:
+      self._jsonl.write(line)
+      self._jsonl.flush()
+    else:
+      self._lines.append(line)
+      self._path.write_text(''.join(self._lines))
     for name, value in metrics.items():
       if isinstance(value, float):  # per-replica lists stay in metrics.jsonl
         self._tb.add_scalar(f'{split}/{name}', value, step)
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
+      if self._lines is None:
+        self._jsonl.close()
       self._tb.close()
+
+
+def _step_of(line: str) -> float:
+  """The step of a metrics.jsonl line; a line cut short by a crash counts as after any step."""
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError):
+    return float('inf')
 
 
 def format_metrics(metrics: Mapping[str, float | list]) -> str:

@@ -6,11 +6,12 @@ scikit-learn's default `zero_division` gives; macro values are plain means over 
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
 PER_CLASS = ('precision', 'recall', 'f1', 'fpr', 'fnr')
 
@@ -75,8 +76,10 @@ def plot_confusion(confusion: np.ndarray, path: str, title: str, class_names: Se
   ax.set_ylabel('true')
   ax.set_title(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  image = io.BytesIO()
+  fig.savefig(image, format='png', dpi=100)
   plt.close(fig)
+  epath.Path(path).write_bytes(image.getvalue())  # also into a bucket (gs://)
 
 
 def save(workdir: str, split: str, sums: Mapping[str, Any], step: int) -> list[str]:
@@ -84,7 +87,7 @@ def save(workdir: str, split: str, sums: Mapping[str, Any], step: int) -> list[s
 
   Sums with a leading replica axis (vmapped seeds) are reported per replica; the plot shows their sum.
   """
-  json_path = os.path.join(workdir, f'eval_{split}.json')
+  json_path = str(epath.Path(workdir) / f'eval_{split}.json')
   sums = {k: np.asarray(v) for k, v in sums.items()}
   if sums['count'].ndim:
     replicas = [{k: v[r] for k, v in sums.items()} for r in range(len(sums['count']))]
@@ -92,11 +95,10 @@ def save(workdir: str, split: str, sums: Mapping[str, Any], step: int) -> list[s
     sums = {k: v.sum(0) for k, v in sums.items()}
   else:
     data = {'step': step, 'split': split, **(report(sums) if 'confusion' in sums else summarize(sums))}
-  with open(json_path, 'w') as f:
-    json.dump(data, f, indent=1)
+  epath.Path(json_path).write_text(json.dumps(data, indent=1))
   if 'confusion' not in sums:
     return [json_path]
-  png_path = os.path.join(workdir, f'confusion_{split}.png')
+  png_path = str(epath.Path(workdir) / f'confusion_{split}.png')
   plot_confusion(np.asarray(sums['confusion']), png_path, f'{split} confusion matrix, step {step}')
   return [json_path, png_path]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import threading
 import time
@@ -14,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxlab import checkpoint, data, early_stopping, metrics, parallel, replicas, tasks
@@ -141,7 +141,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
   example = source.example_batch()
   abstract = jax.eval_shape(task.init, rng, example)
   state_sharding = parallel.tree_shardings(abstract, replicated)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(str(epath.Path(workdir) / 'checkpoints'), config.train.keep_checkpoints)
   start = ckpt.latest_step()
   if start is None:
     state = jax.jit(task.init, out_shardings=state_sharding)(rng, example)
@@ -179,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
     return results
 
   num_steps, t = config.train.num_steps, config.train
-  writer, progress = MetricWriter(workdir), Progress(num_steps, int(start or 0))
+  writer, progress = MetricWriter(workdir, int(start or 0)), Progress(num_steps, int(start or 0))
   step = int(start or 0)
   progress.message(f'{"Resuming from step " + str(step) if step else "Starting"}: {num_steps} steps on '
                    f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}, '
@@ -280,8 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
                 if best is not None else {}),
              **{f'{split}_{k}': v for split, m in eval_results.items() for k, v in m.items()}}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:
-      json.dump(summary, f, indent=2)
+    (epath.Path(workdir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     for split, sums in eval_sums.items():  # per-class metrics, confusion matrix JSON and PNG
       metrics.save(workdir, split, sums, best.step if best is not None and best.step is not None else step)
   return summary
