@@ -39,19 +39,26 @@ def _two_processes(workdir, cache, use_env: bool) -> list[str]:
   """Runs both processes of a 2-process job; the job is given by flags, or by JAXLAB_* env vars."""
   address = f'127.0.0.1:{_free_port()}'
   procs = []
-  for i in range(2):
-    if use_env:
-      args, extra = [], {'JAXLAB_COORDINATOR_ADDRESS': address, 'JAXLAB_NUM_PROCESSES': '2',
-                         'JAXLAB_PROCESS_ID': str(i)}
-    else:
-      args, extra = [f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'], {}
-    procs.append(subprocess.Popen([sys.executable, LAUNCH, *TINY, *args, f'--workdir={workdir}'], cwd=ROOT,
-                                  env=_env(2, cache, **extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True))
-  outputs = [p.communicate(timeout=180)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
-  return outputs
+  try:
+    for i in range(2):
+      if use_env:
+        args, extra = [], {'JAXLAB_COORDINATOR_ADDRESS': address, 'JAXLAB_NUM_PROCESSES': '2',
+                           'JAXLAB_PROCESS_ID': str(i)}
+      else:
+        args, extra = [f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'], {}
+      procs.append(subprocess.Popen([sys.executable, LAUNCH, *TINY, *args, f'--workdir={workdir}'], cwd=ROOT,
+                                    env=_env(2, cache, **extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True))
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+      assert p.returncode == 0, out[-3000:]
+    return outputs
+  finally:
+    # A timeout or failure must not leave a process behind, e.g. one waiting for its peer forever.
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
 
 
 def _params(workdir, step: int) -> dict:
