@@ -91,10 +91,20 @@ class Augment:
   std: tuple[float, ...] = (1.0,)
 
 
-@functools.lru_cache(maxsize=4)
+_LATEST_ORDER: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
+
+
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  """The order of the n training rows in `epoch` (cached: consecutive steps share it)."""
-  return np.random.default_rng([seed, epoch]).permutation(n)
+  """The order of the n training rows in `epoch`.
+
+  Consecutive steps share it, so the latest epoch's order is kept per (seed, n): one entry per
+  seed, also for the vmapped seeds of num_replicas, which an LRU of a few entries would thrash.
+  """
+  latest = _LATEST_ORDER.get((seed, n))
+  if latest is None or latest[0] != epoch:
+    latest = (epoch, np.random.default_rng([seed, epoch]).permutation(n))
+    _LATEST_ORDER[(seed, n)] = latest
+  return latest[1]
 
 
 def global_rows(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
