@@ -1,12 +1,19 @@
 """Shared helpers: tiny configs that train in seconds."""
 
 import os
+import subprocess
 import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, 'launch.py')
+
+
+def launch(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+  """`python launch.py *args` run from the repo root, its stdout and stderr captured as text."""
+  return subprocess.run([sys.executable, LAUNCH, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                        **kwargs)
 
 
 def tiny_config(name: str = 'cnn', **overrides):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import LAUNCH, ROOT
+from conftest import LAUNCH, ROOT, launch
 
 TINY = ['--config=configs/mnist1d/cnn.py', '--config.data.num_samples=1000', '--config.data.batch_size=40',
         '--config.data.eval_batch_size=200', '--config.model.channels=8', '--config.train.num_steps=20',
@@ -29,8 +29,7 @@ def _env(devices: int, cache: str, **extra: str) -> dict[str, str]:
 
 
 def _one_process(workdir, cache) -> subprocess.CompletedProcess:
-  proc = subprocess.run([sys.executable, LAUNCH, *TINY, f'--workdir={workdir}'], capture_output=True, text=True,
-                        cwd=ROOT, env=_env(4, cache), timeout=180)
+  proc = launch(*TINY, f'--workdir={workdir}', env=_env(4, cache), timeout=180)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 
@@ -144,7 +143,7 @@ def test_settings_come_from_flags_then_env_then_a_tpu_vm(tmp_path):
 
 
 def test_incomplete_multiprocess_flags_are_one_line_errors(tmp_path):
-  proc = subprocess.run([sys.executable, LAUNCH, *TINY, '--num_processes=2', f'--workdir={tmp_path}/w'],
-                        capture_output=True, text=True, cwd=ROOT, env=_env(1, str(tmp_path / 'cache')), timeout=120)
+  proc = launch(*TINY, '--num_processes=2', f'--workdir={tmp_path}/w', env=_env(1, str(tmp_path / 'cache')),
+                timeout=120)
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith('error: a multi-process run needs coordinator_address')

@@ -9,7 +9,7 @@ import sys
 import optuna
 import pytest
 
-from conftest import LAUNCH, ROOT
+from conftest import LAUNCH, ROOT, launch
 from jaxlab import search
 from jaxlab.errors import ConfigError
 
@@ -17,11 +17,6 @@ CNN = os.path.join(ROOT, 'configs', 'mnist1d', 'cnn.py')
 TINY = ['--config.train.num_steps=40', '--config.train.eval_every=10', '--config.train.log_every=10',
         '--config.train.checkpoint_every=20', '--config.data.num_samples=1000', '--config.data.validation_size=200',
         '--config.data.batch_size=40', '--config.data.eval_batch_size=200']
-
-
-def _launch(*args, **kwargs):
-  return subprocess.run([sys.executable, LAUNCH, *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                        **kwargs)
 
 
 def test_space_helpers_become_optuna_distributions():
@@ -92,7 +87,7 @@ def test_tiny_search_completes_writes_best_and_continues(tmp_path):
   workdir = tmp_path / 'search'
   args = ['search', f'--config={CNN}', f'--workdir={workdir}', '--config.model.channels=8', *TINY]
   env = {**os.environ, 'JAXLAB_CACHE_DIR': str(tmp_path / 'cache')}
-  first = _launch(*args, '--trials=3', env=env)
+  first = launch(*args, '--trials=3', env=env)
   assert first.returncode == 0, first.stderr
   assert 'search: 0 of 3 trials finished, 0 to resume, 3 new; validation_accuracy (maximize)' in first.stdout
   assert first.stdout.count(' done ') == 3 and (workdir / 'study.db').exists()
@@ -105,7 +100,7 @@ def test_tiny_search_completes_writes_best_and_continues(tmp_path):
   assert summary['validation_accuracy'] == best['value']
   assert '3 of 3 points finished' in (workdir / 'results.md').read_text()
 
-  again = _launch(*args, '--trials=4', env=env)
+  again = launch(*args, '--trials=4', env=env)
   assert again.returncode == 0, again.stderr
   assert 'search: 3 of 4 trials finished, 0 to resume, 1 new' in again.stdout and again.stdout.count(' done ') == 1
   assert len(optuna.load_study(study_name=search.STUDY_NAME, storage=f'sqlite:///{workdir / "study.db"}').trials) == 4
@@ -116,7 +111,7 @@ def test_tiny_search_completes_writes_best_and_continues(tmp_path):
     (['--config.data.validation_size=0'], 'needs a validation split: set data.validation_size'),
 ])
 def test_search_errors_are_one_line(tmp_path, extra, message):
-  proc = _launch('search', f'--config={CNN}', f'--workdir={tmp_path}', *extra)
+  proc = launch('search', f'--config={CNN}', f'--workdir={tmp_path}', *extra)
   [line] = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and line.startswith('error: ') and message in line
 

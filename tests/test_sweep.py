@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import LAUNCH, ROOT
+from conftest import ROOT, launch
 from jaxlab import results, sweep
 from jaxlab.errors import ConfigError
 
@@ -34,11 +34,6 @@ def _config_file(tmp_path, lrs=(0.01, 0.03), extra=(), name='tiny.py'):
   path = tmp_path / name
   path.write_text(TINY_CONFIG.format(lrs=list(lrs), extra=list(extra)))
   return str(path)
-
-
-def _launch(*args, **kwargs):
-  return subprocess.run([sys.executable, LAUNCH, *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                        **kwargs)
 
 
 def test_product_and_zip_build_points_in_order():
@@ -75,7 +70,7 @@ def test_unknown_or_mistyped_sweep_key_is_an_error_naming_it(tmp_path):
   spec = _config_file(tmp_path, extra=[{'seed': 0, 'optimizer.learning_rate': 0.01}])
   with pytest.raises(ConfigError, match='twice'):
     sweep.resolve(spec, sweep.load(spec))
-  proc = _launch('sweep', f'--config={_config_file(tmp_path, extra=[{"optimizer.lr": 1.0}])}',
+  proc = launch('sweep', f'--config={_config_file(tmp_path, extra=[{"optimizer.lr": 1.0}])}',
                  f'--workdir={tmp_path / "w"}')
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   [line] = proc.stderr.strip().splitlines()
@@ -138,7 +133,7 @@ def _fake_sweep(tmp_path):
 
 def test_results_table_csv_and_plot(tmp_path):
   workdir = _fake_sweep(tmp_path)
-  proc = _launch('results', str(workdir))
+  proc = launch('results', str(workdir))
   assert proc.returncode == 0, proc.stderr
   table = (workdir / 'results.md').read_text()
   assert table in proc.stdout
@@ -161,7 +156,7 @@ def test_results_table_csv_and_plot(tmp_path):
 def test_results_errors_are_one_line(tmp_path, args, message):
   (tmp_path / 'fake').mkdir()
   fake = _fake_sweep(tmp_path / 'fake')
-  proc = _launch(*[a.format(tmp=tmp_path, fake=fake) for a in args])
+  proc = launch(*[a.format(tmp=tmp_path, fake=fake) for a in args])
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith('error: ') and message in proc.stderr
 
@@ -171,7 +166,7 @@ def test_sweep_runs_every_point_reports_failures_and_restarts(tmp_path):
   spec = _config_file(tmp_path, extra=[{'optimizer.learning_rate': 0.01, 'seed': 9, 'model.name': 'nope'}])
   workdir = tmp_path / 'sweep'
   args = ['sweep', f'--config={spec}', f'--workdir={workdir}', '--parallel=2', '--config.train.num_steps=10']
-  first = _launch(*args, env={**os.environ, 'JAXLAB_CACHE_DIR': str(tmp_path / 'cache')})
+  first = launch(*args, env={**os.environ, 'JAXLAB_CACHE_DIR': str(tmp_path / 'cache')})
   assert first.returncode == 1, first.stderr
   assert 'sweep: 5 points, 0 already finished, 5 to run (2 at a time' in first.stdout
   assert first.stdout.count(' done ') == 4
@@ -194,7 +189,7 @@ def test_sweep_runs_every_point_reports_failures_and_restarts(tmp_path):
   interrupted = workdir / 'learning_rate=0.03,seed=1'
   (interrupted / 'summary.json').unlink()
   subprocess.run(['rm', '-r', str(interrupted / 'checkpoints' / '10')], check=True)
-  again = _launch(*args, env={**os.environ, 'JAXLAB_CACHE_DIR': str(tmp_path / 'cache')})
+  again = launch(*args, env={**os.environ, 'JAXLAB_CACHE_DIR': str(tmp_path / 'cache')})
   assert again.returncode == 1
   assert 'sweep: 5 points, 3 already finished, 2 to run' in again.stdout
   assert 'Resuming from step 5' in (interrupted / 'launch.log').read_text()

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from conftest import LAUNCH, ROOT
+from conftest import launch
 from jaxlab import tpu
 
 FAKE_GCLOUD = '''#!{python}
@@ -189,8 +189,7 @@ def test_logs_reads_the_workdir_logs(gcloud):
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(gcloud):
-  proc = subprocess.run([sys.executable, LAUNCH, 'tpu', *BASE, '--accelerator=v5litepod-8', '--dry-run', '--',
-                         *LAUNCH_ARGS], capture_output=True, text=True, cwd=ROOT, timeout=60)
+  proc = launch('tpu', *BASE, '--accelerator=v5litepod-8', '--dry-run', '--', *LAUNCH_ARGS, timeout=60)
   assert proc.returncode == 0, proc.stderr
   lines = [shlex.split(line, comments=True) for line in proc.stdout.splitlines()]
   assert [line[4] for line in lines] == ['describe', 'create', 'scp', 'ssh', 'ssh']
@@ -207,7 +206,7 @@ def test_dry_run_prints_the_commands_and_runs_nothing(gcloud):
     (['--tpu=t', '--zone=z', '--accelerator=v9-8', '--dry-run', '--', 'x'], "unknown accelerator 'v9-8'"),
 ])
 def test_bad_usage_is_one_line_and_exit_2(args, message):
-  proc = subprocess.run([sys.executable, LAUNCH, 'tpu', *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+  proc = launch('tpu', *args, timeout=60)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith('error: ') and message in proc.stderr
   assert 'Traceback' not in proc.stderr
