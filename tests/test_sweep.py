@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, launch
-from jaxlab import results, sweep
+from jaxlab import sweep
 from jaxlab.errors import ConfigError
 
 TINY_CONFIG = '''
