@@ -111,3 +111,24 @@ def test_resumed_run_drops_the_metrics_logged_after_its_checkpoint(tmp_path):
   writer.close()
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert [(r['step'], r['loss']) for r in records] == [(2, 1.0), (4, 1.0), (6, 0.5)]
+
+
+def test_rmsprop_has_no_momentum_unless_asked_for():
+  """`optimizer.momentum` (0.9, for momentum/nesterov) must not leak into rmsprop."""
+  from jaxlab import config as config_lib, optim
+  import optax
+  cfg = config_lib.defaults().optimizer
+  cfg.name, cfg.learning_rate = 'rmsprop', 0.1
+  params, grads = {'w': np.ones(3, np.float32)}, {'w': np.array([1.0, -2.0, 0.5], np.float32)}
+
+  def two_updates(tx):
+    state = tx.init(params)
+    first, state = tx.update(grads, state, params)
+    return tx.update(grads, state, params)[0]['w']
+
+  plain = optax.rmsprop(0.1, decay=cfg.decay, eps=cfg.eps)
+  np.testing.assert_allclose(two_updates(optim.make_optimizer(cfg, 10)[0]), two_updates(plain), rtol=1e-6)
+  cfg.rmsprop_momentum = 0.9
+  with_momentum = optax.rmsprop(0.1, decay=cfg.decay, eps=cfg.eps, momentum=0.9)
+  np.testing.assert_allclose(two_updates(optim.make_optimizer(cfg, 10)[0]), two_updates(with_momentum), rtol=1e-6)
+  assert not np.allclose(two_updates(plain), two_updates(with_momentum))

@@ -116,7 +116,8 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, restart: bo
         aside = f'{workdir.rstrip("/")}.old-{time.strftime("%Y%m%d-%H%M%S")}'
         os.rename(workdir, aside)
         print(f'Moved the previous run to {aside}', flush=True)
-      _barrier('jaxlab_prepare_workdir')  # the others must not see the old run half moved
+      from jaxlab import parallel
+      parallel.barrier('jaxlab_prepare_workdir')  # the others must not see the old run half moved
     elif keys:
       saved_flat, new_flat = flatten(saved), flatten(to_dict(config))
       shown = ', '.join(f'{k} ({saved_flat.get(k, "<absent>")!r} -> {new_flat.get(k, "<absent>")!r})'
@@ -132,13 +133,6 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, restart: bo
     probe.unlink()
   except OSError as e:
     raise ConfigError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
-
-
-def _barrier(name: str) -> None:
-  import jax
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
 
 
 def save(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -168,7 +162,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adam', learning_rate=1e-2, schedule='constant', warmup_steps=0, final_lr_fraction=0.0,
       step_boundaries=(0.5, 0.75), step_factor=0.1, weight_decay=0.0, grad_clip_norm=0.0,
-      momentum=0.9, b1=0.9, b2=0.999, eps=1e-8, decay=0.9))
+      momentum=0.9, b1=0.9, b2=0.999, eps=1e-8,
+      decay=0.9, rmsprop_momentum=0.0))  # rmsprop's own: optax's and torch's default is no momentum
   c.train = ml_collections.ConfigDict(dict(
       num_steps=6000, log_every=200, eval_every=1000, checkpoint_every=1000, keep_checkpoints=3,
       device_prefetch=2,  # batches copied onto accelerators ahead of the step (0: copy when the step runs)

@@ -44,7 +44,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> tuple[opta
   elif name == 'adamw':
     rule = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
   elif name == 'rmsprop':
-    rule = optax.rmsprop(schedule, decay=cfg.decay, eps=cfg.eps, momentum=cfg.momentum or None)
+    rule = optax.rmsprop(schedule, decay=cfg.decay, eps=cfg.eps, momentum=cfg.rmsprop_momentum or None)
   else:
     raise ConfigError(f'unknown optimizer.name {name!r}; choose from {", ".join(OPTIMIZERS)}')
   parts = []

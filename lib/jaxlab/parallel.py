@@ -8,6 +8,7 @@ from typing import Any, Iterator, Mapping
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxlab.errors import ConfigError
@@ -95,3 +96,9 @@ def enable_compilation_cache(directory: str | None = None) -> str:
 
 def tree_shardings(tree: Any, sharding: NamedSharding) -> Any:
   return jax.tree.map(lambda _: sharding, tree)
+
+
+def barrier(name: str) -> None:
+  """Waits until every process of a multi-process job reaches the barrier `name`."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

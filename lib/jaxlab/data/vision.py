@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxlab import parallel
 from jaxlab.data import pipeline, tfds_idx
 from jaxlab.errors import DataError
 
@@ -37,6 +38,10 @@ def _data_dir(cfg: ml_collections.ConfigDict) -> str:
 def tfds_records(cfg: ml_collections.ConfigDict) -> tuple[dict[str, pipeline.Records], int]:
   """{'train': ..., 'test': ...} records of `cfg.tfds_name` and its number of classes."""
   if cfg.tfds_name in tfds_idx.NAMES:
+    # Process 0 prepares first, so processes that share the directory never write it at once.
+    if jax.process_index() == 0:
+      tfds_idx.prepare(cfg.tfds_name, _data_dir(cfg), _tfds_dir(cfg))
+    parallel.barrier('jaxlab_tfds_prepare')
     builder = tfds_idx.prepare(cfg.tfds_name, _data_dir(cfg), _tfds_dir(cfg))
     sources = {'train': builder.as_data_source('train'), 'test': builder.as_data_source(cfg.test_split)}
   else:
