@@ -57,6 +57,8 @@ def _parse(argv: list[str]) -> list[str]:
     _fail(str(e))
   except Exception as e:  # noqa: BLE001 - an error inside the config file, or an override of a missing key
     inside = _config_file_frame(e, argv)
+    if isinstance(e, AttributeError) and "has no attribute 'get_config'" in str(e):
+      _fail('the config file defines no get_config(arg=None)')
     if inside is None and isinstance(e, (AttributeError, KeyError)):
       _fail(_unknown_key_message(str(e), argv))
     where = f' ({inside.filename}:{inside.lineno})' if inside else ''

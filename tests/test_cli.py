@@ -59,6 +59,7 @@ def test_end_to_end_run_writes_metrics_events_checkpoint_and_summary(tmp_path):
     (['--no_such_flag=1'], 'no_such_flag'),
     (['frobnicate'], "unknown command 'frobnicate'"),
     (['--config={tmp}/broken.py'], "could not load the config ({tmp}/broken.py:3): KeyError: 'channels'"),
+    (['--config=configs/fashion_mnist/common.py'], 'the config file defines no get_config(arg=None)'),
     (['--config.data.batch_size=0', '--workdir={tmp}/w'], 'data.batch_size must be positive, got 0'),
     (['--config.mesh.data=0', '--workdir={tmp}/w'], 'mesh axis sizes must be positive or -1'),
     (['--config.train.early_stopping_metric=validation_accuracy', '--workdir={tmp}/w'],
@@ -116,3 +117,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
   assert summary['preempted'] is True
   # Preempted before any evaluation (eval_every=0: only at the end): it leaves without evaluating.
   assert not any(k.startswith('test_') for k in summary)
+
+
+def test_bench_refuses_data_its_hand_loop_cannot_read():
+  proc = _launch('bench', '--config=configs/cifar10/resnet20.py', '--config.data.name=standin')
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip() == "error: bench: the hand loop reads in-memory MNIST-1D arrays; data.name is 'standin'"

@@ -18,6 +18,7 @@ import optax
 
 from jaxlab import config as config_lib
 from jaxlab import data, models, optim, train
+from jaxlab.errors import ConfigError
 
 WARMUP_STEPS = 50
 
@@ -45,7 +46,11 @@ def hand_loop_steps_per_sec(config: ml_collections.ConfigDict, steps: int) -> fl
   model = models.create(config.model, source.num_classes)
   tx, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
   x, y = source.splits['train']['x'], source.splits['train']['y']
-  params = model.init(jax.random.PRNGKey(config.seed), x[:1])['params']
+  variables = model.init(jax.random.PRNGKey(config.seed), x[:1])
+  if set(variables) != {'params'}:
+    raise ConfigError(f'bench: the hand loop trains parameters only; model {config.model.name!r} also has '
+                      f'{", ".join(sorted(set(variables) - {"params"}))} (e.g. BatchNorm statistics)')
+  params = variables['params']
   opt_state = tx.init(params)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -71,6 +76,8 @@ def hand_loop_steps_per_sec(config: ml_collections.ConfigDict, steps: int) -> fl
 
 def run(config: ml_collections.ConfigDict, steps: int = 2000, repeats: int = 5) -> dict[str, float]:
   """Prints and returns median steps/s of both loops and framework time / hand-loop time."""
+  if config.data.name != 'mnist1d':
+    raise ConfigError(f'bench: the hand loop reads in-memory MNIST-1D arrays; data.name is {config.data.name!r}')
   print(f'bench: model {config.model.name}, optimizer {config.optimizer.name}, batch {config.data.batch_size}, '
         f'{jax.device_count()} {jax.devices()[0].platform} device(s); {repeats} repeats of {steps} steps', flush=True)
   framework, hand = [], []
