@@ -65,3 +65,23 @@ def test_prefetch_places_batches_on_the_mesh_in_order_and_reads_only_size_ahead(
   rest = list(batches)
   assert [int(b['x'][0, 0]) for b in [first, *rest]] == [0, 1, 2, 3, 4]
   np.testing.assert_array_equal(rest[-1]['y'], np.arange(4) + 4)
+
+
+LONG_QUEUE = '''
+import sys, jax
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from jaxlab import train
+assert jax.device_count() == 2
+config = tiny_config(**{{'train.num_steps': 3000, 'train.log_every': 1000, 'train.eval_every': 0,
+                        'train.checkpoint_every': 0, 'model.channels': 8}})
+print('STEP', train.train(config, {workdir!r})['step'])
+'''
+
+
+def test_two_cpu_devices_survive_a_long_queue_of_steps(tmp_path):
+  """Without a bound on queued steps, 2 CPU devices aborted in an all-reduce rendezvous (XLA:CPU)."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'JAX_PLATFORMS': 'cpu'}
+  code = LONG_QUEUE.format(tests=os.path.join(ROOT, 'tests'), workdir=str(tmp_path / 'run'))
+  proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and 'STEP 3000' in proc.stdout, proc.stderr[-2000:]
