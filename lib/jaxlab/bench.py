@@ -16,7 +16,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxlab import config as config_lib
 from jaxlab import data, models, optim, train
 from jaxlab.errors import ConfigError
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 from etils import epath
@@ -44,16 +44,15 @@ def summarize(sums: Mapping[str, Any]) -> dict[str, float]:
   return scalars
 
 
-def report(sums: Mapping[str, Any], class_names: Sequence[str] | None = None) -> dict[str, Any]:
+def report(sums: Mapping[str, Any]) -> dict[str, Any]:
   """Everything about one split as JSON data: the scalars, per-class rates and the confusion matrix."""
   confusion = np.asarray(sums['confusion'])
-  names = list(class_names) if class_names else [str(i) for i in range(len(confusion))]
   rates = per_class(confusion)
-  return {**summarize(sums), 'classes': names, 'per_class': {k: v.tolist() for k, v in rates.items()},
+  return {**summarize(sums), 'classes': [str(i) for i in range(len(confusion))], 'per_class': {k: v.tolist() for k, v in rates.items()},
           'confusion_matrix': confusion.astype(np.int64).tolist()}
 
 
-def plot_confusion(confusion: np.ndarray, path: str, title: str, class_names: Sequence[str] | None = None) -> None:
+def plot_confusion(confusion: np.ndarray, path: str, title: str) -> None:
   """Writes the row-normalised confusion matrix (counts in the cells for up to 20 classes) as a PNG."""
   import matplotlib
   matplotlib.use('Agg')  # files only: no display on training machines
@@ -65,7 +64,7 @@ def plot_confusion(confusion: np.ndarray, path: str, title: str, class_names: Se
   image = ax.imshow(rows, cmap='Blues', vmin=0, vmax=1)
   fig.colorbar(image, ax=ax, fraction=0.046, label='fraction of the true class')
   if n <= 20:
-    names = list(class_names) if class_names else [str(i) for i in range(n)]
+    names = [str(i) for i in range(n)]
     ax.set_xticks(range(n), names, rotation=90)
     ax.set_yticks(range(n), names)
     for t in range(n):

@@ -24,7 +24,6 @@ import time
 from typing import Any, Mapping, Sequence
 
 from jaxlab import config as config_lib
-from jaxlab import results
 from jaxlab import sweep as sweep_lib
 from jaxlab.errors import ConfigError, JaxlabError
 

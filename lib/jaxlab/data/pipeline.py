@@ -188,10 +188,6 @@ class GrainSource:
   def eval_splits(self) -> list[str]:
     return [name for name in self.splits if name != 'train']
 
-  @property
-  def steps_per_epoch(self) -> int:
-    return len(self.splits['train']) // self.batch_size
-
   def example_batch(self) -> Batch:
     """One normalised training example with a batch dimension, for initialising models."""
     raw = self.splits['train'].read(np.zeros(1, int))

@@ -12,7 +12,7 @@ from jaxlab.models.cnn import CNN1D
 from jaxlab.models.convnets import ACTIVATIONS, CNN, LeNet5
 from jaxlab.models.mlp import MLP
 from jaxlab.models.resnet import ResNet, stage_sizes
-from jaxlab.models.rnn import CELLS, RNNClassifier
+from jaxlab.models.rnn import CELLS, READOUTS, RNNClassifier
 
 MODELS: dict[str, type[nn.Module]] = {'mlp': MLP, 'cnn1d': CNN1D, 'rnn': RNNClassifier, 'lenet5': LeNet5, 'cnn': CNN,
                                       'resnet': ResNet}
@@ -31,6 +31,8 @@ def create(cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     raise ConfigError(f'model {name!r} has no attribute(s) {unknown}; it takes {sorted(fields)}')
   if name == 'rnn' and kwargs.get('cell', 'gru') not in CELLS:
     raise ConfigError(f'unknown model.cell {kwargs["cell"]!r}; choose from {", ".join(CELLS)}')
+  if name == 'rnn' and kwargs.get('readout', 'flatten') not in READOUTS:
+    raise ConfigError(f'unknown model.readout {kwargs["readout"]!r}; choose from {", ".join(READOUTS)}')
   if name == 'lenet5' and kwargs.get('activation', 'tanh') not in ACTIVATIONS:
     raise ConfigError(f'unknown model.activation {kwargs["activation"]!r}; choose from {", ".join(ACTIVATIONS)}')
   if name == 'resnet':

@@ -51,7 +51,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(self.norm()(nn.Conv(self.features, (1, 1), use_bias=False)(x)))
     y = nn.relu(self.norm()(nn.Conv(self.features, (3, 3), self.strides, use_bias=False)(y)))
     y = self.norm(scale_init=nn.initializers.zeros)(nn.Conv(4 * self.features, (1, 1), use_bias=False)(y))
-    return nn.relu(y + _shortcut(x, 4 * self.features, self.strides, self.norm, True))
+    return nn.relu(y + _shortcut(x, 4 * self.features, self.strides, self.norm, self.projection))
 
 
 def _shortcut(x: jax.Array, features: int, strides: int, norm: Callable, projection: bool) -> jax.Array:

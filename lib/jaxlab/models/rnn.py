@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 
 CELLS = {'gru': nn.GRUCell, 'lstm': nn.OptimizedLSTMCell, 'simple': nn.SimpleCell}
+READOUTS = ('flatten', 'last')
 
 
 class RNNClassifier(nn.Module):

@@ -18,7 +18,6 @@ def make(config: ml_collections.ConfigDict, source: ArraySource) -> tuple[Task, 
   tx, schedule = optim.make_optimizer(config.optimizer, config.train.num_steps)
   if config.task == 'classification':
     model = models.create(config.model, source.num_classes)
-    loss = config.loss  # l1/l2 are optional keys: configs written before them still load
-    return Classification(model, tx, source.num_classes, loss.label_smoothing, loss.l1,
-                          loss.l2), schedule
+    loss = config.loss
+    return Classification(model, tx, source.num_classes, loss.label_smoothing, loss.l1, loss.l2), schedule
   raise ConfigError(f'unknown task {config.task!r}; choose from {", ".join(TASKS)}')
