@@ -35,20 +35,27 @@ def per_class(confusion: np.ndarray) -> dict[str, np.ndarray]:
           'fpr': _ratio(fp, fp + tn), 'fnr': _ratio(fn, fn + tp)}
 
 
-def summarize(sums: Mapping[str, Any]) -> dict[str, float]:
-  """Scalar metrics from an eval_step's summed outputs: sum / count, plus macro rates if a confusion matrix is there."""
-  count = float(sums['count'])
-  scalars = {k: float(v) / count for k, v in sums.items() if k not in ('count', 'confusion')}
+def summarize(sums: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Means (sum / count) of an eval_step's summed outputs, plus macro rates if a confusion matrix is there.
+
+  Leading axes (one per vmapped replica) are kept; for one run every value is a 0-d array.
+  """
+  count = np.asarray(sums['count'], np.float64)
+  means = {k: np.asarray(v, np.float64) / count for k, v in sums.items() if k not in ('count', 'confusion')}
   if 'confusion' in sums:
-    scalars.update({k: float(v) for k, v in macro_rates(sums['confusion']).items()})
-  return scalars
+    means.update(macro_rates(sums['confusion']))
+  return means
+
+
+def _floats(values: Mapping[str, np.ndarray]) -> dict[str, float]:
+  return {k: float(v) for k, v in values.items()}
 
 
 def report(sums: Mapping[str, Any]) -> dict[str, Any]:
   """Everything about one split as JSON data: the scalars, per-class rates and the confusion matrix."""
   confusion = np.asarray(sums['confusion'])
   rates = per_class(confusion)
-  return {**summarize(sums), 'classes': [str(i) for i in range(len(confusion))], 'per_class': {k: v.tolist() for k, v in rates.items()},
+  return {**_floats(summarize(sums)), 'classes': [str(i) for i in range(len(confusion))], 'per_class': {k: v.tolist() for k, v in rates.items()},
           'confusion_matrix': confusion.astype(np.int64).tolist()}
 
 
@@ -90,10 +97,10 @@ def save(workdir: str, split: str, sums: Mapping[str, Any], step: int) -> list[s
   sums = {k: np.asarray(v) for k, v in sums.items()}
   if sums['count'].ndim:
     replicas = [{k: v[r] for k, v in sums.items()} for r in range(len(sums['count']))]
-    data = {'step': step, 'split': split, 'replicas': [report(s) if 'confusion' in s else summarize(s) for s in replicas]}
+    data = {'step': step, 'split': split, 'replicas': [report(s) if 'confusion' in s else _floats(summarize(s)) for s in replicas]}
     sums = {k: v.sum(0) for k, v in sums.items()}
   else:
-    data = {'step': step, 'split': split, **(report(sums) if 'confusion' in sums else summarize(sums))}
+    data = {'step': step, 'split': split, **(report(sums) if 'confusion' in sums else _floats(summarize(sums)))}
   epath.Path(json_path).write_text(json.dumps(data, indent=1))
   if 'confusion' not in sums:
     return [json_path]

@@ -174,13 +174,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         if one_in_flight:
           jax.block_until_ready(sums)
-      sums = jax.device_get(sums)
-      count = sums.pop('count')
-      results[split] = _report({k: v / count for k, v in sums.items() if np.ndim(v) == np.ndim(count)},
-                               per_replica)
-      if 'confusion' in sums:
-        results[split].update(_report(metrics.macro_rates(sums['confusion']), per_replica))
-      eval_sums[split] = {**sums, 'count': count}
+      eval_sums[split] = jax.device_get(sums)
+      results[split] = _report(metrics.summarize(eval_sums[split]), per_replica)
     return results
 
   num_steps, t = config.train.num_steps, config.train
