@@ -8,7 +8,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from jaxlab.data.pipeline import global_rows, host_slice
+from jaxlab.data.pipeline import check_batch_sizes, eval_rows, global_rows, host_slice
 from jaxlab.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
@@ -44,11 +44,7 @@ class ArraySource:
       lengths = {k: len(v) for k, v in split.items()}
       if len(set(lengths.values())) != 1:
         raise DataError(f'split {name!r} has arrays of different lengths: {lengths}')
-    if self.batch_size > self.num_examples('train'):
-      raise ConfigError(f'batch_size {self.batch_size} exceeds the {self.num_examples("train")} training examples')
-    for size, what in ((self.batch_size, 'batch_size'), (self.eval_batch_size, 'eval_batch_size')):
-      if size % jax.process_count():
-        raise ConfigError(f'data.{what} {size} is not divisible by {jax.process_count()} processes')
+    check_batch_sizes(self.num_examples('train'), self.batch_size, self.eval_batch_size, jax.process_count())
 
   def num_examples(self, split: str) -> int:
     return len(next(iter(self.splits[split].values())))
@@ -77,11 +73,6 @@ class ArraySource:
   def eval_batches(self, split: str) -> Iterator[Batch]:
     """The whole split in order, padded to full batches; 'mask' marks the real examples."""
     data, n = self.splits[split], self.num_examples(split)
-    part = host_slice(self.eval_batch_size, jax.process_index(), jax.process_count())
-    for start in range(0, n, self.eval_batch_size):
-      rows = np.arange(start, start + self.eval_batch_size)[part]
-      mask = rows < n
-      rows = np.where(mask, rows, 0)
-      batch = {k: v[rows] for k, v in data.items()}
-      batch['mask'] = mask.astype(np.float32)
-      yield batch
+    for index in range(-(-n // self.eval_batch_size)):
+      rows, mask = eval_rows(index, self.eval_batch_size, n, jax.process_index(), jax.process_count())
+      yield {**{k: v[rows] for k, v in data.items()}, 'mask': mask}

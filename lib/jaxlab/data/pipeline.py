@@ -121,6 +121,25 @@ def host_slice(batch_size: int, process_index: int, process_count: int) -> slice
   return slice(process_index * per_host, (process_index + 1) * per_host)
 
 
+def check_batch_sizes(num_train: int, batch_size: int, eval_batch_size: int, process_count: int) -> None:
+  """A source's batch sizes fit its training split and split evenly over the processes."""
+  if batch_size > num_train:
+    raise ConfigError(f'data.batch_size {batch_size} exceeds the {num_train} training examples')
+  for size, what in ((batch_size, 'batch_size'), (eval_batch_size, 'eval_batch_size')):
+    if size % process_count:
+      raise ConfigError(f'data.{what} {size} is not divisible by {process_count} processes')
+
+
+def eval_rows(index: int, eval_batch_size: int, n: int, process_index: int,
+              process_count: int) -> tuple[np.ndarray, np.ndarray]:
+  """This host's rows of the `index`-th evaluation batch of an n-row split, and the float mask of
+  the real ones: the last batch is padded with row 0, masked out."""
+  rows = np.arange(index * eval_batch_size, (index + 1) * eval_batch_size)
+  rows = rows[host_slice(eval_batch_size, process_index, process_count)]
+  mask = rows < n
+  return np.where(mask, rows, 0), mask.astype(np.float32)
+
+
 def _splitmix64(x: np.ndarray) -> np.ndarray:
   """A counter-based hash: independent-looking uint64s from consecutive integers."""
   with np.errstate(over='ignore'):
@@ -178,11 +197,7 @@ class GrainSource:
   def __post_init__(self):
     if 'train' not in self.splits:
       raise DataError('data source has no train split')
-    if self.batch_size > len(self.splits['train']):
-      raise ConfigError(f'data.batch_size {self.batch_size} exceeds the {len(self.splits["train"])} training examples')
-    for size, what in ((self.batch_size, 'batch_size'), (self.eval_batch_size, 'eval_batch_size')):
-      if size % self.process_count:
-        raise ConfigError(f'data.{what} {size} is not divisible by {self.process_count} processes')
+    check_batch_sizes(len(self.splits['train']), self.batch_size, self.eval_batch_size, self.process_count)
 
   @property
   def eval_splits(self) -> list[str]:
@@ -206,13 +221,11 @@ class GrainSource:
 
   def eval_batch(self, split: str, index: int) -> Batch:
     """This host's rows of the `index`-th evaluation batch, padded; 'mask' marks real examples."""
-    records, n = self.splits[split], len(self.splits[split])
-    rows = np.arange(index * self.eval_batch_size, (index + 1) * self.eval_batch_size)
-    rows = rows[host_slice(self.eval_batch_size, self.process_index, self.process_count)]
-    mask = rows < n
-    raw = records.read(np.where(mask, rows, 0))
+    records = self.splits[split]
+    rows, mask = eval_rows(index, self.eval_batch_size, len(records), self.process_index, self.process_count)
+    raw = records.read(rows)
     return {'x': normalise(raw['image'], self.augment.mean, self.augment.std),
-            'y': raw['label'].astype(np.int32), 'mask': mask.astype(np.float32)}
+            'y': raw['label'].astype(np.int32), 'mask': mask}
 
   def _threaded(self, dataset) -> Iterator[Batch]:
     import grain
