@@ -28,13 +28,13 @@ def _env(devices: int, cache: str, **extra: str) -> dict[str, str]:
           'JAX_PLATFORMS': 'cpu', **extra}
 
 
-def _one_process(workdir, cache) -> subprocess.CompletedProcess:
-  proc = launch(*TINY, f'--workdir={workdir}', env=_env(4, cache), timeout=180)
+def _one_process(workdir, cache, config=TINY, **extra: str) -> subprocess.CompletedProcess:
+  proc = launch(*config, f'--workdir={workdir}', env=_env(4, cache, **extra), timeout=180)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 
 
-def _two_processes(workdir, cache, use_env: bool) -> list[str]:
+def _two_processes(workdir, cache, use_env: bool, config=TINY, **env: str) -> list[str]:
   """Runs both processes of a 2-process job; the job is given by flags, or by JAXLAB_* env vars."""
   address = f'127.0.0.1:{_free_port()}'
   procs = []
@@ -45,8 +45,8 @@ def _two_processes(workdir, cache, use_env: bool) -> list[str]:
                            'JAXLAB_PROCESS_ID': str(i)}
       else:
         args, extra = [f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'], {}
-      procs.append(subprocess.Popen([sys.executable, LAUNCH, *TINY, *args, f'--workdir={workdir}'], cwd=ROOT,
-                                    env=_env(2, cache, **extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      procs.append(subprocess.Popen([sys.executable, LAUNCH, *config, *args, f'--workdir={workdir}'], cwd=ROOT,
+                                    env=_env(2, cache, **env, **extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True))
     outputs = [p.communicate(timeout=180)[0] for p in procs]
     for p, out in zip(procs, outputs):
@@ -109,6 +109,24 @@ def test_checkpoint_of_two_processes_resumes_in_one_process(runs, tmp_path):
   out = _one_process(workdir, str(root / 'cache')).stdout
   assert 'Resuming from step 10' in out and '(10 trained' in out
   _assert_close(_params(root / 'single', 20), _params(workdir, 20))
+
+
+FASHION_MLP = ['--config=configs/fashion_mnist/mlp.py', '--config.data.batch_size=40', '--config.data.validation_size=0',
+               '--config.train.num_steps=20', '--config.train.checkpoint_every=10', '--config.train.eval_every=0',
+               '--config.train.log_every=10']
+
+
+def test_two_processes_share_the_grain_pipeline_and_prepare_tfds_once(tmp_path):
+  """Each process reads its half of every batch from the TFDS/grain pipeline: together they train
+  like one process. They share one fresh TFDS folder, which process 0 prepares first."""
+  data_dir = os.environ.get('JAXLAB_DATA_DIR', '')
+  if not os.path.isdir(os.path.join(data_dir, 'fashion_mnist')):
+    pytest.skip('needs the Fashion-MNIST IDX files under $JAXLAB_DATA_DIR/fashion_mnist')
+  cache, data = str(tmp_path / 'cache'), {'JAXLAB_DATA_DIR': data_dir}
+  _one_process(tmp_path / 'single', cache, FASHION_MLP, TFDS_DATA_DIR=str(tmp_path / 'tfds_single'), **data)
+  outputs = _two_processes(tmp_path / 'multi', cache, False, FASHION_MLP, TFDS_DATA_DIR=str(tmp_path / 'tfds'), **data)
+  assert 'on 4 cpu device(s)' in outputs[0] and 'Finished step 20/20' in outputs[0]
+  _assert_close(_params(tmp_path / 'single', 20), _params(tmp_path / 'multi', 20))
 
 
 def test_env_vars_configure_the_job(tmp_path):
