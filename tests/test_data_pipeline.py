@@ -111,3 +111,48 @@ def test_validation_is_carved_from_the_end_of_train():
   np.testing.assert_array_equal(validation.read(np.arange(3))['label'], np.array([100, 101, 102]) % 10)
   with pytest.raises(ConfigError, match='validation_size 103'):
     pipeline.carve_validation(_records(), 103)
+
+
+class _VariableSizeSource:
+  """A random-access source like TFDS's decoded imagenet2012: images of different sizes."""
+
+  def __init__(self, n=30):
+    rng = np.random.default_rng(0)
+    self.examples = [{'image': rng.integers(0, 256, (int(rng.integers(20, 60)), int(rng.integers(20, 60)), 3),
+                                            dtype=np.uint8), 'label': np.int64(i % 10)} for i in range(n)]
+
+  def __len__(self):
+    return len(self.examples)
+
+  def __getitems__(self, rows):
+    return [self.examples[r] for r in rows]
+
+
+def _variable_source(**augment):
+  records = pipeline.DataSourceRecords(_VariableSizeSource())
+  return pipeline.GrainSource({'train': records, 'test': pipeline.DataSourceRecords(_VariableSizeSource(12))},
+                              batch_size=6, eval_batch_size=8, seed=1, num_classes=10,
+                              augment=pipeline.Augment(**augment))
+
+
+def test_variable_size_images_are_cropped_to_one_size_deterministically():
+  source = _variable_source(image_size=16, flip=True)
+  first, again = _take(source, 3, 2), _take(source, 3, 2)
+  for a, b in zip(first, again):
+    _equal(a, b)
+  assert first[0]['x'].shape == (6, 16, 16, 3) and source.example_batch()['x'].shape == (1, 16, 16, 3)
+  evals = list(source.eval_batches('test'))
+  assert [b['x'].shape for b in evals] == [(8, 16, 16, 3)] * 2 and evals[1]['mask'].sum() == 4
+  with pytest.raises(pipeline.DataError, match='set data.image_size'):
+    _take(_variable_source(), 0, 1)
+
+
+def test_random_resized_crop_varies_with_the_key_and_center_crop_keeps_the_middle():
+  image = np.zeros((40, 80, 1), np.uint8)
+  image[:, 20:60] = 255  # the central 40x40 square is white, the sides black
+  middle = pipeline.center_crop(image, 16, crop_fraction=1.0)
+  assert middle.shape == (16, 16, 1) and middle.min() > 200  # white, up to the resize blending its edges
+  crops = [pipeline.random_resized_crop(image, np.uint64(k), 16) for k in range(5)]
+  assert all(c.shape == (16, 16, 1) for c in crops)
+  assert len({c.tobytes() for c in crops}) == 5  # five keys, five different boxes
+  np.testing.assert_array_equal(crops[2], pipeline.random_resized_crop(image, np.uint64(2), 16))

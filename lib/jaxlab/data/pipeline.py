@@ -54,8 +54,11 @@ class DataSourceRecords:
     return len(self.source)
 
   def read(self, rows: np.ndarray) -> Batch:
+    """Images of different sizes (ImageNet) come back as a list, for `sized` to crop and resize."""
     examples = self.source.__getitems__(rows.tolist())  # batched reads are ~4x faster than one by one
-    return {k: np.stack([e[k] for e in examples]) for k in ('image', 'label')}
+    images = [e['image'] for e in examples]
+    same = len({im.shape for im in images}) == 1
+    return {'image': np.stack(images) if same else images, 'label': np.stack([e['label'] for e in examples])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +90,7 @@ class Augment:
 
   crop_padding: int = 0  # random crop of the original size from the zero-padded image
   flip: bool = False  # random horizontal flip with probability 1/2
+  image_size: int = 0  # >0: every image becomes a square of this size (see `sized`), for variable-size datasets
   mean: tuple[float, ...] = (0.0,)  # per channel, on the [0, 1] scale
   std: tuple[float, ...] = (1.0,)
 
@@ -167,6 +171,44 @@ def random_crop(images: np.ndarray, keys: np.ndarray, padding: int) -> np.ndarra
   return np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bilinear resize of one HWC uint8 image (PIL: no TensorFlow on the host)."""
+  from PIL import Image
+  channels = image.shape[-1]
+  resized = Image.fromarray(image[..., 0] if channels == 1 else image).resize((width, height), Image.BILINEAR)
+  return np.asarray(resized).reshape(height, width, channels)
+
+
+def random_resized_crop(image: np.ndarray, key: np.uint64, size: int, scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+  """Inception-style training crop of one HWC image, drawn from its key, resized to size x size.
+
+  A box of `scale` times the image's area and aspect ratio in `ratio` (log-uniform); after 10
+  boxes that do not fit, the central square.
+  """
+  h, w = image.shape[:2]
+  rng = np.random.default_rng(int(key))
+  for _ in range(10):
+    area = h * w * rng.uniform(*scale)
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    ch, cw = int(round(np.sqrt(area / aspect))), int(round(np.sqrt(area * aspect)))
+    if 0 < ch <= h and 0 < cw <= w:
+      top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+      return _resize(image[top:top + ch, left:left + cw], size, size)
+  side = min(h, w)
+  return _resize(image[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side], size, size)
+
+
+def center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
+  """Evaluation view of one HWC image: shorter side resized to size / crop_fraction, central size x size."""
+  h, w = image.shape[:2]
+  short = int(round(size / crop_fraction))
+  nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+  resized = _resize(image, nh, nw)
+  top, left = (nh - size) // 2, (nw - size) // 2
+  return resized[top:top + size, left:left + size]
+
+
 def random_flip(images: np.ndarray, keys: np.ndarray) -> np.ndarray:
   """Each NHWC image mirrored left-right when bit 32 of its key is set."""
   flip = ((keys >> np.uint64(32)) & np.uint64(1)).astype(bool)
@@ -206,7 +248,21 @@ class GrainSource:
   def example_batch(self) -> Batch:
     """One normalised training example with a batch dimension, for initialising models."""
     raw = self.splits['train'].read(np.zeros(1, int))
-    return {'x': normalise(raw['image'], self.augment.mean, self.augment.std), 'y': raw['label'].astype(np.int32)}
+    return {'x': normalise(self.sized(raw['image']), self.augment.mean, self.augment.std),
+            'y': raw['label'].astype(np.int32)}
+
+  def sized(self, images: np.ndarray | list[np.ndarray], keys: np.ndarray | None = None) -> np.ndarray:
+    """With `augment.image_size`, every image as a square of that size: a random resized crop from
+    its key in training, the central crop otherwise; without it the images as read."""
+    size = self.augment.image_size
+    if not size:
+      if isinstance(images, list):
+        raise DataError(f'images of different sizes {sorted({im.shape for im in images})[:3]}: '
+                        'set data.image_size to crop and resize them to one size')
+      return images
+    if keys is None:
+      return np.stack([center_crop(im, size) for im in images])
+    return np.stack([random_resized_crop(im, k, size) for im, k in zip(images, keys)])
 
   def train_batch(self, step: int) -> Batch:
     """This host's rows of the global training batch of `step`, augmented."""
@@ -214,7 +270,7 @@ class GrainSource:
     rows = global_rows(self.seed, step, self.batch_size, len(self.splits['train']))[part]
     raw = self.splits['train'].read(rows)
     keys = example_keys(self.seed, step * self.batch_size + np.arange(self.batch_size)[part])
-    images = random_crop(raw['image'], keys, self.augment.crop_padding)
+    images = random_crop(self.sized(raw['image'], keys), keys, self.augment.crop_padding)
     if self.augment.flip:
       images = random_flip(images, keys)
     return {'x': normalise(images, self.augment.mean, self.augment.std), 'y': raw['label'].astype(np.int32)}
@@ -224,7 +280,7 @@ class GrainSource:
     records = self.splits[split]
     rows, mask = eval_rows(index, self.eval_batch_size, len(records), self.process_index, self.process_count)
     raw = records.read(rows)
-    return {'x': normalise(raw['image'], self.augment.mean, self.augment.std),
+    return {'x': normalise(self.sized(raw['image']), self.augment.mean, self.augment.std),
             'y': raw['label'].astype(np.int32), 'mask': mask}
 
   def _threaded(self, dataset) -> Iterator[Batch]:
