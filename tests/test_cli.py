@@ -111,6 +111,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
     proc.kill()
   assert proc.returncode == 0, stderr
   assert 'Preempted (SIGTERM) at step' in stdout
+  assert stdout.strip().splitlines()[-1].startswith('Preempted at step ')  # the summary line, not "Finished"
   steps = [int(s) for s in os.listdir(workdir / 'checkpoints')]
   assert len(steps) == 1 and 50 <= steps[0] < 1000000
   summary = json.loads((workdir / 'summary.json').read_text())

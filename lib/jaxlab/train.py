@@ -151,7 +151,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
     config_lib.save(workdir, config)
 
   train_example = (jax.tree.map(lambda x: np.stack([x] * config.num_replicas), example)
-                   if config.num_replicas > 1 else example)
+                   if per_replica else example)
   abstract_metrics = jax.eval_shape(task.train_step, abstract, train_example)[1]
   totals_sharding = parallel.tree_shardings(_zero_totals(abstract_metrics), replicated)
   zero_totals = jax.jit(functools.partial(_zero_totals, abstract_metrics), out_shardings=totals_sharding)
@@ -294,6 +294,6 @@ def format_summary(summary: dict[str, Any]) -> str:
              and k.endswith(('accuracy', 'loss', 'macro_f1')) and isinstance(v, float)}
   ordered = sorted(metrics, key=lambda k: (not k.startswith('test'), k))
   parts = [f'{k} {metrics[k]:.2%}' if k.endswith('accuracy') else f'{k} {metrics[k]:.4f}' for k in ordered]
-  return (f'Finished step {summary["step"]}/{summary["num_steps"]} '
+  return (f'{"Preempted at" if summary["preempted"] else "Finished"} step {summary["step"]}/{summary["num_steps"]} '
           f'({summary["steps_trained"]} trained in {summary["train_seconds"]:.1f}s) | '
           + ' | '.join(parts) + f' | workdir {summary["workdir"]}')
