@@ -87,8 +87,8 @@ def test_shipped_configs_declare_seed_sweeps():
 
 def test_sweep_parents_never_import_jax_and_name_the_summary_as_train_does():
   """Why sweep.SUMMARY_FILE is its own constant: importing train's would start JAX in every sweep parent."""
-  from jaxlab import train
-  assert sweep.SUMMARY_FILE == train.SUMMARY_FILE
+  from jaxlab import logging, search, train
+  assert sweep.SUMMARY_FILE == train.SUMMARY_FILE and search.METRICS_FILE == logging.METRICS_FILE
   spec = os.path.join(ROOT, 'configs', 'mnist1d', 'cnn.py')
   code = (f'import sys; from jaxlab import results, search, sweep; sweep.resolve({spec!r}, sweep.load({spec!r})); '
           'print("jax" in sys.modules)')

@@ -26,11 +26,7 @@ def collect(workdir: str) -> tuple[list[dict[str, Any]], list[str]]:
   rows = []
   for point in manifest['points']:
     row = {'name': point['name'], **point['overrides']}
-    try:
-      with open(os.path.join(workdir, point['name'], sweep_lib.SUMMARY_FILE)) as f:
-        summary = json.load(f)
-    except (OSError, ValueError):
-      summary = None
+    summary = sweep_lib.read_summary(os.path.join(workdir, point['name']))
     if summary is None:
       row['status'] = 'missing'
     else:

@@ -27,7 +27,8 @@ from jaxlab import config as config_lib
 from jaxlab import sweep as sweep_lib
 from jaxlab.errors import ConfigError, JaxlabError
 
-STUDY_FILE, BEST_FILE, METRICS_FILE = 'study.db', 'best.json', 'metrics.jsonl'
+STUDY_FILE, BEST_FILE = 'study.db', 'best.json'
+METRICS_FILE = 'metrics.jsonl'  # logging.METRICS_FILE, which imports JAX; a search parent must not
 STUDY_NAME = 'search'
 INSTALL_HINT = "pip install -e '.[search]'"
 
@@ -290,7 +291,7 @@ def _finish(study: Any, r: _Running, point_dir: str, metric: str, counter: str, 
     study.tell(r.trial, state=state.PRUNED)
     print(f'{counter} pruned {trial} in {seconds:.1f}s at step {r.pruned_at} {shown}', flush=True)
     return True
-  value = _summary(point_dir).get(metric)
+  value = (sweep_lib.read_summary(point_dir) or {}).get(metric)
   if r.proc.returncode == 0 and sweep_lib.is_finished(point_dir, r.num_steps) and isinstance(value, (int, float)):
     study.tell(r.trial, value)
     print(f'{counter} done   {trial} in {seconds:.1f}s {metric} {value:.4f} {shown}', flush=True)
@@ -299,14 +300,6 @@ def _finish(study: Any, r: _Running, point_dir: str, metric: str, counter: str, 
   why = f'no {metric} in its summary.json' if r.proc.returncode == 0 else f'exit {r.proc.returncode}'
   sweep_lib.report_failure(f'{counter} FAILED {trial} ({why})', point_dir, seconds)
   return False
-
-
-def _summary(point_dir: str) -> dict[str, Any]:
-  try:
-    with open(os.path.join(point_dir, sweep_lib.SUMMARY_FILE)) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
 
 
 def _print_best(workdir: str, study: Any, metric: str, state: Any) -> None:

@@ -144,13 +144,19 @@ def completed(summary: Mapping[str, Any], num_steps: int) -> bool:
   return (summary.get('step') == num_steps or bool(summary.get('stopped_early'))) and not summary.get('preempted')
 
 
-def is_finished(point_dir: str, num_steps: int) -> bool:
-  """True when the point's run wrote its final summary (see `completed`)."""
+def read_summary(point_dir: str) -> dict[str, Any] | None:
+  """The summary.json a run in `point_dir` wrote, or None if there is none (or it is unreadable)."""
   try:
     with open(os.path.join(point_dir, SUMMARY_FILE)) as f:
-      return completed(json.load(f), num_steps)
+      return json.load(f)
   except (OSError, ValueError):
-    return False
+    return None
+
+
+def is_finished(point_dir: str, num_steps: int) -> bool:
+  """True when the point's run wrote its final summary (see `completed`)."""
+  summary = read_summary(point_dir)
+  return summary is not None and completed(summary, num_steps)
 
 
 def cores_for(slot: int, parallel: int, cores: Sequence[int]) -> list[int]:
@@ -262,8 +268,7 @@ def run(spec: str, workdir: str, *, common: Mapping[str, Any] = {}, parallel: in
         point_dir = os.path.join(workdir, point['name'])
         seconds = time.perf_counter() - began
         if proc.returncode == 0 and is_finished(point_dir, point['num_steps']):
-          with open(os.path.join(point_dir, SUMMARY_FILE)) as f:
-            value = json.load(f).get(metric)
+          value = read_summary(point_dir).get(metric)
           shown = f'{metric} {value:.4f}' if isinstance(value, float) else ''
           print(f'[{done}/{total}] done   {point["name"]} in {seconds:.1f}s {shown}', flush=True)
         else:

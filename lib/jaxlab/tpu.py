@@ -78,9 +78,12 @@ def runtime_version(accelerator: str) -> str:
   return VERSIONS[generation]
 
 
+def _project(o: argparse.Namespace) -> list[str]:
+  return [f'--project={o.project}'] if o.project else []
+
+
 def _tpu_vm(o: argparse.Namespace, verb: str, *args: str) -> list[str]:
-  project = [f'--project={o.project}'] if o.project else []
-  return ['gcloud', 'compute', 'tpus', 'tpu-vm', verb, o.tpu, f'--zone={o.zone}', *project, *args]
+  return ['gcloud', 'compute', 'tpus', 'tpu-vm', verb, o.tpu, f'--zone={o.zone}', *_project(o), *args]
 
 
 def describe_cmd(o: argparse.Namespace) -> list[str]:
@@ -103,7 +106,7 @@ def ssh_cmd(o: argparse.Namespace, script: str) -> list[str]:
 
 def scp_cmd(o: argparse.Namespace, archive: str) -> list[str]:
   return ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', archive, f'{o.tpu}:{ARCHIVE}', '--worker=all',
-          f'--zone={o.zone}', *([f'--project={o.project}'] if o.project else [])]
+          f'--zone={o.zone}', *_project(o)]
 
 
 def workdir_of(launch_args: Sequence[str]) -> str | None:
