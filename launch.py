@@ -16,7 +16,14 @@ import re
 import sys
 import traceback
 
-from absl import app, flags, logging
+from jaxlab import stop
+
+PARENT_COMMANDS = ('sweep', 'search', 'results', 'tpu')  # they start runs and handle signals themselves
+if __name__ == '__main__' and sys.argv[1:2] not in ([c] for c in PARENT_COMMANDS):
+  # First thing: from here on SIGTERM or a Ctrl-C during start-up exits 0 instead of a traceback.
+  stop.install()
+
+from absl import app, flags, logging  # noqa: E402 - after the handler, which must cover these imports too
 from ml_collections import config_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -100,37 +107,58 @@ def _default_workdir() -> str:
   return os.path.join('runs', f'{os.path.basename(os.path.dirname(path))}-{name}')
 
 
+def _workdir(prefix: str = '') -> str:
+  """--workdir as given (an empty one is refused), else runs/<prefix><config dir>-<config name>."""
+  from jaxlab.errors import ConfigError
+  if _WORKDIR.value is None:
+    return os.path.join('runs', prefix + os.path.basename(_default_workdir()))
+  if not _WORKDIR.value.strip():
+    raise ConfigError('--workdir is empty; give a directory, or leave the flag out for the default under runs/')
+  return _WORKDIR.value
+
+
 def main(argv: list[str]) -> None:
-  from jaxlab import parallel
   from jaxlab.errors import JaxlabError
   command = argv[1] if len(argv) > 1 else 'train'
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows it
-  config = _CONFIG.value
   try:
     if command in ('sweep', 'search', 'results'):  # parents of runs: they never start a JAX backend
       _sweep_or_results(command, argv)
       return
-    from jaxlab import distributed
-    distributed.initialize(distributed.resolve(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value))
-    parallel.enable_compilation_cache()
-    if command == 'bench':
-      from jaxlab import bench
-      if _BENCH_REPLICAS.value:
-        bench.run_replicas(config, _BENCH_REPLICAS.value, repeats=_BENCH_REPEATS.value)
-      else:
-        bench.run(config, steps=_BENCH_STEPS.value, repeats=_BENCH_REPEATS.value)
-      return
-    import jax
-    from jaxlab import train
-    lead = jax.process_index() == 0  # every process of a multi-process job would print the same
-    if lead:
-      print(config, flush=True)
-    summary = train.train(config, _WORKDIR.value or _default_workdir(), restart=_RESTART.value)
-    if lead:
-      print(train.format_summary(summary), flush=True)
+    _run(command)
   except JaxlabError as e:
     _fail(str(e), e.exit_code)
+  except KeyboardInterrupt:
+    _fail('aborted by a second Ctrl-C; the newest checkpoint on disk is where the next run resumes', 130)
+
+
+def _run(command: str) -> None:
+  """train or bench in this process (one process of a multi-process job, if flags or the TPU VM say so)."""
+  from jaxlab import distributed
+  settings = distributed.resolve(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if settings is not None:
+    stop.uninstall()  # jax.distributed relays SIGTERM to every process of the job itself
+  distributed.initialize(settings)
+  from jaxlab import parallel
+  config = _CONFIG.value
+  parallel.enable_compilation_cache()
+  workdir = _workdir() if command == 'train' else None
+  if command == 'bench':
+    from jaxlab import bench
+    if _BENCH_REPLICAS.value:
+      bench.run_replicas(config, _BENCH_REPLICAS.value, repeats=_BENCH_REPEATS.value)
+    else:
+      bench.run(config, steps=_BENCH_STEPS.value, repeats=_BENCH_REPEATS.value)
+    return
+  import jax
+  from jaxlab import train
+  lead = jax.process_index() == 0  # every process of a multi-process job would print the same
+  if lead:
+    print(config, flush=True)
+  summary = train.train(config, workdir, restart=_RESTART.value)
+  if lead:
+    print(train.format_summary(summary), flush=True)
 
 
 def _sweep_or_results(command: str, argv: list[str]) -> None:
@@ -140,10 +168,10 @@ def _sweep_or_results(command: str, argv: list[str]) -> None:
   launcher = (sys.executable, os.path.abspath(__file__))
   metric = _METRIC.value
   if command == 'sweep':
-    workdir = _WORKDIR.value or os.path.join('runs', 'sweep-' + os.path.basename(_default_workdir()))
+    workdir = _workdir('sweep-')
     failed = sweep.run(spec, workdir, common=common, parallel=_PARALLEL.value, launcher=launcher, metric=metric)
   elif command == 'search':
-    workdir = _WORKDIR.value or os.path.join('runs', 'search-' + os.path.basename(_default_workdir()))
+    workdir = _workdir('search-')
     metric = metric if flags.FLAGS['metric'].present else 'validation_accuracy'
     direction = _DIRECTION.value or ('minimize' if metric.endswith('loss') else 'maximize')
     failed = search.run(spec, workdir, trials=_TRIALS.value, common=common, parallel=_PARALLEL.value,

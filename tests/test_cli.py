@@ -93,31 +93,61 @@ def test_changed_config_in_existing_workdir_is_refused_then_restart_allows_it(tm
   assert len([p for p in os.listdir(tmp_path) if p.startswith('run.old-')]) == 1
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
-  workdir = tmp_path / 'run'
-  proc = subprocess.Popen([sys.executable, LAUNCH, *FAST, '--config.train.num_steps=1000000',
-                           '--config.train.log_every=50', '--config.train.checkpoint_every=0', '--config.train.eval_every=0',
-                           f'--workdir={workdir}'],
+def _start(workdir, *args):
+  return subprocess.Popen([sys.executable, LAUNCH, *FAST, f'--workdir={workdir}', *args],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def _handles(pid: int, signum: int) -> bool:
+  """Whether the process has a handler installed for `signum` (Linux: SigCgt in /proc/<pid>/status)."""
+  with open(f'/proc/{pid}/status') as f:
+    caught = next(line for line in f if line.startswith('SigCgt:')).split()[1]
+  return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_exits_0(tmp_path, signum):
+  workdir = tmp_path / 'run'
+  proc = _start(workdir, '--config.train.num_steps=1000000', '--config.train.log_every=50',
+                '--config.train.checkpoint_every=0', '--config.train.eval_every=20')
   metrics = workdir / 'metrics.jsonl'
   try:
     deadline = time.time() + 120
-    while not (metrics.exists() and metrics.read_text()) and time.time() < deadline:
+    while not (metrics.exists() and '"test"' in metrics.read_text()) and time.time() < deadline:
       time.sleep(0.2)
-    assert metrics.exists() and metrics.read_text(), 'the run logged nothing within 120 s'
-    proc.send_signal(signal.SIGTERM)
+    assert '"test"' in metrics.read_text(), 'the run evaluated nothing within 120 s'
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
   finally:
     proc.kill()
+  name = signal.Signals(signum).name
   assert proc.returncode == 0, stderr
-  assert 'Preempted (SIGTERM) at step' in stdout
-  assert stdout.strip().splitlines()[-1].startswith('Preempted at step ')  # the summary line, not "Finished"
+  assert 'Traceback' not in stderr
+  assert f'Stopped by {name} at step' in stdout
+  last = stdout.strip().splitlines()[-1]
+  assert last.startswith('Preempted at step ') and f'stopped by {name}' in last and '|  |' not in last
   steps = [int(s) for s in os.listdir(workdir / 'checkpoints')]
-  assert len(steps) == 1 and 50 <= steps[0] < 1000000
+  assert len(steps) == 1 and 20 <= steps[0] < 1000000
   summary = json.loads((workdir / 'summary.json').read_text())
-  assert summary['preempted'] is True
-  # Preempted before any evaluation (eval_every=0: only at the end): it leaves without evaluating.
-  assert not any(k.startswith('test_') for k in summary)
+  assert summary['preempted'] is True and summary['stop_signal'] == name and summary['step'] == steps[0]
+  # Evaluations ran before the signal, but none of them is presented as the run's final result.
+  assert not any(k.startswith(('test_', 'validation_')) for k in summary)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_start_up_exits_0_without_a_traceback(tmp_path, signum):
+  proc = _start(tmp_path / 'run')
+  try:
+    deadline = time.time() + 60
+    # Python catches SIGINT from its first moment; SIGTERM is caught once jaxlab's handlers (both) are in.
+    while not _handles(proc.pid, signal.SIGTERM) and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.01)
+    proc.send_signal(signum)  # the handler is in place; JAX is still importing, no state exists yet
+    stdout, stderr = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0 and 'Traceback' not in stderr, stderr
+  assert not (tmp_path / 'run' / 'checkpoints').exists() and 'Starting' not in stdout
 
 
 def test_bench_refuses_data_its_hand_loop_cannot_read():

@@ -41,25 +41,28 @@ def test_config_is_locked_against_typos():
 def test_workdir_with_other_config_names_differing_keys(tmp_path):
   workdir = str(tmp_path / 'run')
   old = tiny_config()
-  config_lib.prepare_workdir(workdir, old)
+  config_lib.prepare_workdir(workdir, old).release()
   config_lib.save(workdir, old)
   new = tiny_config(**{'optimizer.learning_rate': 0.5, 'seed': 3})
   with pytest.raises(ConfigError, match=r'optimizer\.learning_rate.*seed|seed.*optimizer\.learning_rate'):
     config_lib.prepare_workdir(workdir, new)
-  config_lib.prepare_workdir(workdir, old)  # the same config resumes without complaint
+  config_lib.prepare_workdir(workdir, old).release()  # the same config resumes without complaint
 
 
 def test_restart_moves_the_old_run_aside(tmp_path):
   workdir = str(tmp_path / 'run')
   config = tiny_config()
-  config_lib.prepare_workdir(workdir, config)
+  config_lib.prepare_workdir(workdir, config).release()
   config_lib.save(workdir, config)
-  config_lib.prepare_workdir(workdir, tiny_config(seed=5), restart=True)
+  lock = config_lib.prepare_workdir(workdir, tiny_config(seed=5), restart=True)
   aside = [p for p in os.listdir(tmp_path) if p.startswith('run.old-')]
   assert len(aside) == 1
   with open(tmp_path / aside[0] / 'config.json') as f:
     assert json.load(f)['seed'] == 0
-  assert os.listdir(workdir) == []
+  assert os.listdir(workdir) == ['.lock']  # the new run's, held
+  with pytest.raises(ConfigError, match='in use by a run'):
+    config_lib.prepare_workdir(workdir, tiny_config(seed=5))
+  lock.release()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason='root can write anywhere')

@@ -55,18 +55,27 @@ def test_patience_counts_evaluations_since_the_best(tmp_path):
   tracker.close()
 
 
-def test_a_record_left_behind_by_a_crash_never_names_a_missing_checkpoint(tmp_path):
+def test_the_best_value_is_read_from_the_checkpoint_itself_never_from_a_separate_record(tmp_path):
   state = {'w': np.arange(3.0)}
   tracker = early_stopping.BestCheckpoint(str(tmp_path), 'validation_accuracy', 'max', 0, 5)
   assert tracker.update(10, {'validation': {'accuracy': 0.5}}, state, {})
-  assert not tracker.update(15, {'validation': {'accuracy': 0.4}}, state, {})
+  assert not tracker.update(15, {'validation': {'accuracy': 0.4}}, {'w': np.zeros(3)}, {})
   tracker.close()
+  # A record such as older versions wrote beside the checkpoint, gone stale: it must not matter.
+  (tmp_path / 'best' / 'best.json').write_text(json.dumps({'step': 5, 'value': 0.3, 'metric': 'validation_accuracy'}))
   reopened = early_stopping.BestCheckpoint(str(tmp_path), 'validation_accuracy', 'max', 0, 5)
   assert (reopened.step, reopened.value) == (10, 0.5)
+  # So a worse value (0.4 > the stale 0.3, < the true 0.5) does not overwrite the only best checkpoint.
+  assert not reopened.update(20, {'validation': {'accuracy': 0.4}}, {'w': np.zeros(3)}, {})
+  np.testing.assert_array_equal(reopened.restore({'w': np.zeros(3)})['w'], np.arange(3.0))
   reopened.close()
-  # As if the process died after saving step 10's checkpoint but before writing its record.
-  (tmp_path / 'best' / 'best.json').write_text(json.dumps({'step': 5, 'value': 0.3, 'metric': 'validation_accuracy'}))
-  stale = early_stopping.BestCheckpoint(str(tmp_path), 'validation_accuracy', 'max', 0, 5)
-  assert (stale.step, stale.value) == (10, None)
-  np.testing.assert_array_equal(stale.restore({'w': np.zeros(3)})['w'], state['w'])
-  stale.close()
+
+
+@pytest.mark.parametrize('mode,values', [('max', (0.5, 0.5, 0.4)), ('min', (0.5, 0.5, 0.6))])
+def test_a_tie_does_not_replace_the_earlier_best(tmp_path, mode, values):
+  tracker = early_stopping.BestCheckpoint(str(tmp_path), 'validation_loss', mode, 2, 5)
+  improved = [tracker.update(step, {'validation': {'loss': v}}, {'w': np.full(2, step, np.float32)}, {})
+              for step, v in zip((5, 10, 15), values)]
+  assert improved == [True, False, False] and tracker.step == 5
+  assert tracker.should_stop(15)  # two evaluations (10, 15) without a strict improvement
+  tracker.close()

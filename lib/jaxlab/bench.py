@@ -73,8 +73,15 @@ def hand_loop_steps_per_sec(config: ml_collections.ConfigDict, steps: int) -> fl
   return steps / (time.perf_counter() - start)
 
 
+def _check_counts(**counts: int) -> None:
+  for name, value in counts.items():
+    if value < 1:
+      raise ConfigError(f'--{name} must be >= 1, got {value}')
+
+
 def run(config: ml_collections.ConfigDict, steps: int = 2000, repeats: int = 5) -> dict[str, float]:
   """Prints and returns median steps/s of both loops and framework time / hand-loop time."""
+  _check_counts(bench_steps=steps, bench_repeats=repeats)
   if config.data.name != 'mnist1d':
     raise ConfigError(f'bench: the hand loop reads in-memory MNIST-1D arrays; data.name is {config.data.name!r}')
   print(f'bench: model {config.model.name}, optimizer {config.optimizer.name}, batch {config.data.batch_size}, '
@@ -101,6 +108,7 @@ def _timed_train(config: ml_collections.ConfigDict) -> float:
 
 def run_replicas(config: ml_collections.ConfigDict, num_replicas: int = 8, repeats: int = 3) -> dict[str, float]:
   """Wall time of `num_replicas` seeds as one vmapped run against as many separate runs (in-process)."""
+  _check_counts(bench_replicas=num_replicas, bench_repeats=repeats)
   config = config.copy_and_resolve_references()
   config.train.eval_every = config.train.checkpoint_every = 0
   print(f'bench replicas: {num_replicas} seeds of model {config.model.name}, {config.train.num_steps} steps each, '

@@ -1,12 +1,36 @@
-"""Orbax checkpoints of the TrainState and the run's config, in <workdir>/checkpoints."""
+"""Orbax checkpoints of the TrainState, the run's config and a content checksum, in <workdir>/checkpoints.
+
+Every save also stores `checksum(state)`: per leaf, two position-weighted sums of its bits
+computed on the devices in uint32 arithmetic. Integer sums wrap identically in any order, so
+the value does not depend on the mesh or the device count, and changing any single bit of a
+leaf changes both sums (every weight is odd). Restoring recomputes it; a mismatch, or a
+checkpoint orbax cannot read, is a CorruptCheckpointError and the loop falls back to an older
+step.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+import time
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
+
+from jaxlab.errors import JaxlabError
+
+CORRUPT_DIR = 'corrupt'  # <checkpoints>/../corrupt/<step>-<time>: steps that failed verification
+
+
+class CorruptCheckpointError(JaxlabError):
+  """A checkpoint that cannot be read back, or whose content differs from what was saved."""
+
+
+class CheckpointSaveError(JaxlabError):
+  """An (asynchronous) save failed, e.g. the disk is full."""
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -14,13 +38,56 @@ def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
-class Checkpointer:
-  """Keeps the newest `keep` checkpoints; an unfinished (killed) save is never restored."""
+def _as_uint32(x: jax.Array) -> jax.Array:
+  """The bits of `x` as a flat uint32 vector (8/16-bit values widened, 64-bit ones split in two)."""
+  x = jnp.asarray(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  width = x.dtype.itemsize * 8
+  if width == 64:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+  unsigned = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}[width]
+  return jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)
 
-  def __init__(self, directory: str, keep: int):
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+  bits = _as_uint32(x)
+  i = jnp.arange(bits.size, dtype=jnp.uint32)
+  linear = jnp.sum(bits * (2 * i + 1), dtype=jnp.uint32)
+  # A second, mixed weighting: swapped or shifted values that fool the linear one do not fool both.
+  mixed = (i ^ (i >> 7)) * jnp.uint32(0x9E3779B1) | jnp.uint32(1)
+  return jnp.stack([linear, jnp.sum(bits * mixed, dtype=jnp.uint32)])
+
+
+@jax.jit
+def _checksums(tree: Any) -> list[jax.Array]:
+  return [_leaf_checksum(x) for x in jax.tree.leaves(tree)]
+
+
+def checksum(tree: Any) -> list[list[int]]:
+  """[[linear, mixed], ...] per leaf of `tree`, as plain ints (JSON)."""
+  return [[int(v) for v in pair] for pair in jax.device_get(_checksums(tree))]
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return f'{type(error).__name__}: {text.splitlines()[0][:300]}' if text else type(error).__name__
+
+
+class Checkpointer:
+  """Keeps the newest `keep` checkpoints; an unfinished (killed) save is never restored.
+
+  A checkpoint holds `state`, `config` and `meta` (the checksum plus any caller's values, e.g.
+  early stopping's metric value), so what is restored and what describes it are one save.
+  """
+
+  def __init__(self, directory: str, keep: int, warn: Callable[[str], None] | None = None):
     self.directory = directory if '://' in directory else os.path.abspath(directory)  # orbax writes gs:// itself
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._warn = warn or (lambda text: print(f'warning: {text}', file=sys.stderr, flush=True))
+    self._pending: int | None = None  # a save started but not yet known to be on disk
+    self.last_good: int | None = self._manager.latest_step()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -28,17 +95,101 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, config: dict[str, Any]) -> None:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
-    self._manager.save(step, args=args, force=True)
+  def save(self, step: int, state: Any, config: dict[str, Any], **extra: Any) -> None:
+    """Starts writing `state` at `step` (asynchronously); `extra` values come back from `read_meta`."""
+    self.check()
+    meta = {'checksum': checksum(state), **extra}
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
+                              meta=ocp.args.JsonSave(meta))
+    try:
+      self._manager.save(step, args=args, force=True)
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for one failed write
+      raise self._save_error(step, e) from None
+    self._pending = step
 
-  def restore(self, step: int, target: Any) -> Any:
-    """The state saved at `step`, laid out like `target` (see `abstract_with_shardings`)."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    return restored.state
+  def _save_error(self, step: int, error: BaseException) -> CheckpointSaveError:
+    last = f'step {self.last_good} in {self.directory}' if self.last_good is not None else 'none'
+    return CheckpointSaveError(f'saving the checkpoint of step {step} failed ({_first_line(error)}); '
+                               f'last good checkpoint: {last}')
+
+  def check(self) -> None:
+    """Raises CheckpointSaveError as soon as a background save has failed; cheap when none is pending."""
+    if self._pending is None:
+      return
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      step, self._pending = self._pending, None
+      raise self._save_error(step, e) from None
+    if not self._manager.is_saving_in_progress():
+      self.last_good, self._pending = self._pending, None
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until the pending save is on disk (or raises CheckpointSaveError)."""
+    if self._pending is None:
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      step, self._pending = self._pending, None
+      raise self._save_error(step, e) from None
+    self.check()
+
+  def read_meta(self, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config, meta) saved at `step`; CorruptCheckpointError if they cannot be read."""
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
+                                                                     meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001
+      raise CorruptCheckpointError(f'checkpoint {step}: {_first_line(e)}') from None
+    return dict(restored.config), dict(restored.meta)
+
+  def restore(self, step: int, target: Any, meta: dict[str, Any]) -> Any:
+    """The state saved at `step`, laid out like `target`, verified against `meta['checksum']`."""
+    try:
+      state = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+    except Exception as e:  # noqa: BLE001 - a truncated or missing data file fails deep inside tensorstore
+      raise CorruptCheckpointError(f'checkpoint {step}: {_first_line(e)}') from None
+    if checksum(state) != meta.get('checksum'):
+      raise CorruptCheckpointError(f'checkpoint {step}: its content differs from what was saved (checksum mismatch)')
+    return state
+
+  def move_aside(self, step: int) -> str:
+    """Moves a bad step out of orbax's sight to <workdir>/corrupt/<step>-<time>; returns where."""
+    aside = epath.Path(self.directory).parent / CORRUPT_DIR / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+    if jax.process_index() == 0:
+      aside.parent.mkdir(parents=True, exist_ok=True)
+      (epath.Path(self.directory) / str(step)).rename(aside)
+    from jaxlab import parallel
+    parallel.barrier(f'jaxlab_move_aside_{step}')
+    self._manager.reload()
+    return str(aside)
+
+  def restore_newest_good(self, target: Any, accept: Callable[[int, dict[str, Any]], None]) -> tuple[int, Any, dict] | None:
+    """(step, state, meta) of the newest checkpoint that reads back intact; None if there is none.
+
+    `accept(step, config)` sees each candidate's saved config first and may raise (a run with
+    another config must not be resumed). Corrupt steps are moved aside with a warning; if every
+    one is corrupt, CorruptCheckpointError says so.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        config, meta = self.read_meta(step)
+        accept(step, config)
+        state = self.restore(step, target, meta)
+      except CorruptCheckpointError as e:
+        self._warn(f'{e}; moved it aside to {self.move_aside(step)} and trying the one before')
+        continue
+      self.last_good = step
+      return step, state, meta
+    if steps:
+      raise CorruptCheckpointError(f'none of the {len(steps)} checkpoint(s) in {self.directory} is intact (all moved '
+                                   f'to {epath.Path(self.directory).parent / CORRUPT_DIR}); run again to start over')
+    return None
 
   def close(self) -> None:
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()

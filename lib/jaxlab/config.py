@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 import time
 from typing import Any, Sequence
 
 import ml_collections
 from etils import epath
 
+from jaxlab import workdir_lock
 from jaxlab.errors import ConfigError
 
 CONFIG_FILE = 'config.json'
@@ -93,50 +95,98 @@ def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   return sorted(k for k in a.keys() | b.keys() if a.get(k, '<absent>') != b.get(k, '<absent>'))
 
 
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, restart: bool = False) -> None:
-  """Makes `workdir` (a local path or a bucket URL such as gs://...) usable for `config`.
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
+                    restart: bool = False) -> workdir_lock.WorkdirLock | None:
+  """Makes `workdir` (a local path or a bucket URL such as gs://...) usable for `config` and holds it.
 
-  A workdir that holds a run with another config is an error naming the keys that differ;
-  with `restart` process 0 moves that run aside to `<workdir>.old-<timestamp>` (never deleted).
+  Returns the workdir's lock, held by process 0 (None on the others) until the run releases it:
+  a second run on the same workdir is a WorkdirBusyError naming the holder. A workdir whose
+  config.json differs is an error naming the keys; with `restart` process 0 moves the old run
+  aside to `<workdir>.old-<timestamp>` (never deleted). The checkpoint's own config is compared
+  at restore (train.py), so a missing or unreadable config.json loses nothing.
   """
   import jax  # here, not at the top: sweep and search parents load configs without JAX
-  path = epath.Path(workdir)
-  saved_path = path / CONFIG_FILE
+  if not workdir:
+    raise ConfigError('--workdir is empty; give a directory (or leave the flag out for runs/<config>)')
+  _check_writable(workdir)
+  lock = workdir_lock.WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
   try:
-    exists = saved_path.exists()
-  except ImportError as e:  # a bucket URL whose filesystem package is missing
-    raise ConfigError(f'workdir {workdir}: {e}') from None
-  if exists:
-    saved = json.loads(saved_path.read_text())
-    keys = differing_keys(saved, to_dict(config))
+    saved = read_saved(workdir)
     if restart:
       if '://' in workdir:
         raise ConfigError(f'--restart cannot move a bucket workdir aside; delete {workdir} or use another --workdir')
-      if jax.process_index() == 0:
+      if jax.process_index() == 0 and _holds_a_run(workdir):
         aside = f'{workdir.rstrip("/")}.old-{time.strftime("%Y%m%d-%H%M%S")}'
-        os.rename(workdir, aside)
+        try:
+          os.rename(workdir, aside)
+        except OSError as e:
+          raise ConfigError(f'--restart could not move {workdir} aside to {aside}: {e.strerror or e}') from None
+        lock.release()
+        _check_writable(workdir)
+        lock = workdir_lock.WorkdirLock(workdir).acquire()
         print(f'Moved the previous run to {aside}', flush=True)
       from jaxlab import parallel
       parallel.barrier('jaxlab_prepare_workdir')  # the others must not see the old run half moved
-    elif keys:
-      saved_flat, new_flat = flatten(saved), flatten(to_dict(config))
-      shown = ', '.join(f'{k} ({saved_flat.get(k, "<absent>")!r} -> {new_flat.get(k, "<absent>")!r})'
-                        for k in keys[:8])
-      more = f' and {len(keys) - 8} more' if len(keys) > 8 else ''
-      raise ConfigError(
-          f'workdir {workdir} holds a run with a different config: {shown}{more}. '
-          'Use another --workdir, or pass --restart to move the old run aside and start over.')
+    elif saved is not None:
+      check_same(saved, config, f'workdir {workdir} holds a run with a different config')
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+  return lock
+
+
+def _check_writable(workdir: str) -> None:
+  import jax
+  path = epath.Path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe = path / f'.write_test.{jax.process_index()}.{os.getpid()}'  # processes of one job share the workdir
     probe.write_text('ok')
     probe.unlink()
+  except ImportError as e:  # a bucket URL whose filesystem package is missing
+    raise ConfigError(f'workdir {workdir}: {e}') from None
   except OSError as e:
     raise ConfigError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
 
 
+def _holds_a_run(workdir: str) -> bool:
+  return any(p.name not in (workdir_lock.LOCK_FILE,) and not p.name.startswith('.write_test.')
+             for p in epath.Path(workdir).iterdir())
+
+
+def check_same(saved: dict[str, Any], config: ml_collections.ConfigDict, what: str,
+               hint: str = 'Use another --workdir, or pass --restart to move the old run aside and start over.') -> None:
+  """A ConfigError listing the keys (old -> new) where `config` differs from the `saved` one."""
+  keys = differing_keys(saved, to_dict(config))
+  if not keys:
+    return
+  saved_flat, new_flat = flatten(saved), flatten(to_dict(config))
+  shown = ', '.join(f'{k} ({saved_flat.get(k, "<absent>")!r} -> {new_flat.get(k, "<absent>")!r})' for k in keys[:8])
+  more = f' and {len(keys) - 8} more' if len(keys) > 8 else ''
+  raise ConfigError(f'{what}: {shown}{more}. {hint}')
+
+
+def read_saved(workdir: str) -> dict[str, Any] | None:
+  """The workdir's config.json, or None when there is none or it is unreadable (a warning says so)."""
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    return None
+  try:
+    saved = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    print(f'warning: ignoring the unreadable {path} ({type(e).__name__}); the checkpoint\'s own config is '
+          'compared instead', file=sys.stderr, flush=True)
+    return None
+  return saved if isinstance(saved, dict) else None
+
+
 def save(workdir: str, config: ml_collections.ConfigDict) -> None:
-  (epath.Path(workdir) / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True))
+  """Writes config.json atomically: a crash leaves the old file or the new one, never a truncated one."""
+  path = epath.Path(workdir) / CONFIG_FILE
+  partial = path.with_name(CONFIG_FILE + '.tmp')
+  partial.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True))
+  partial.replace(path)
 
 
 def require(condition: bool, message: str) -> None:

@@ -8,10 +8,9 @@ only keep the best). The patience count is derived from (step, best step), so it
 
 from __future__ import annotations
 
-import json
+import sys
 from typing import Any
 
-import jax
 import ml_collections
 from etils import epath
 
@@ -36,41 +35,32 @@ class BestCheckpoint:
     self.metric, self.mode, self.patience, self.eval_every = metric, mode, patience, eval_every
     self.directory = str(epath.Path(workdir) / BEST_DIR)
     self._ckpt = checkpoint.Checkpointer(self.directory, keep=1)
-    self.step, self.value = self._load_record()
-
-  def _record_path(self) -> epath.Path:
-    return epath.Path(self.directory) / 'best.json'
-
-  def _load_record(self) -> tuple[int | None, float | None]:
+    self.step, self.value, self._meta = None, None, {}
     saved = self._ckpt.latest_step()
-    if saved is None:
-      return None, None
-    try:
-      record = json.loads(self._record_path().read_text())
-    except (OSError, ValueError):
-      record = {}
-    # A crash between saving a better checkpoint and writing its record leaves the record behind:
-    # the checkpoint on disk is the best, its value unknown until the next evaluation.
-    return (saved, record['value']) if record.get('step') == saved else (saved, None)
+    if saved is not None:
+      try:
+        _, self._meta = self._ckpt.read_meta(saved)
+        self.step, self.value = saved, self._meta.get('best_value')
+      except checkpoint.CorruptCheckpointError as e:
+        print(f'warning: {e}; moved it aside to {self._ckpt.move_aside(saved)}; the best so far is forgotten',
+              file=sys.stderr, flush=True)
 
   def _better(self, value: float) -> bool:
     return self.value is None or (value > self.value if self.mode == 'max' else value < self.value)
 
   def update(self, step: int, results: dict[str, dict[str, float]], state: Any, config: dict[str, Any]) -> bool:
-    """Saves `state` if this evaluation is the best so far; returns whether it was."""
+    """Saves `state` if this evaluation is strictly better than the best so far; returns whether it was."""
     if self.key not in results['validation']:
       raise ConfigError(f'train.early_stopping_metric {self.metric!r} is not among the validation metrics: '
                         f'{", ".join("validation_" + k for k in sorted(results["validation"]))}')
     value = results['validation'][self.key]
     if not self._better(value):
       return False
-    self._ckpt.save(step, state, config)
-    self._ckpt.wait()  # the record below must never name a checkpoint that is not on disk
+    # The value travels inside the same save as the state: no separate record can go stale.
+    self._ckpt.save(step, state, config, best_value=value, best_metric=self.metric)
+    self._ckpt.wait()
     self.step, self.value = step, value
-    if jax.process_index() == 0:
-      partial = self._record_path().with_suffix('.tmp')
-      partial.write_text(json.dumps({'step': step, 'value': value, 'metric': self.metric}))
-      partial.replace(self._record_path())
+    _, self._meta = self._ckpt.read_meta(step)
     return True
 
   def should_stop(self, step: int) -> bool:
@@ -80,7 +70,7 @@ class BestCheckpoint:
     return (step - self.step) // self.eval_every >= self.patience
 
   def restore(self, target: Any) -> Any:
-    return self._ckpt.restore(self.step, target)
+    return self._ckpt.restore(self.step, target, self._meta)
 
   def close(self) -> None:
     self._ckpt.close()

@@ -5,13 +5,31 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
-import jax
 from etils import epath
 
 
 METRICS_FILE = 'metrics.jsonl'
+
+
+def parse_line(line: str | bytes) -> dict[str, Any] | None:
+  """One metrics.jsonl record, or None for a line that is not one (cut short by a crash, edited, garbage)."""
+  try:
+    record = json.loads(line)
+  except (ValueError, UnicodeDecodeError):
+    return None
+  if not isinstance(record, dict):
+    return None
+  step = record.get('step')
+  if not isinstance(step, int) or isinstance(step, bool) or not isinstance(record.get('split'), str):
+    return None
+  return record
+
+
+def _is_process_0() -> bool:
+  import jax  # not at the top: search parents read metrics.jsonl without starting JAX
+  return jax.process_index() == 0
 
 
 class MetricWriter:
@@ -22,21 +40,25 @@ class MetricWriter:
   """
 
   def __init__(self, workdir: str, start_step: int = 0):
-    """`start_step`: the step the run resumes from; records after it (logged by the interrupted run
-    after its last checkpoint, and about to be logged again) are dropped."""
-    self.enabled = jax.process_index() == 0
+    """`start_step`: the step the run resumes from. Records after it (logged by the interrupted run
+    after its last checkpoint, and about to be logged again) are dropped from metrics.jsonl, and
+    TensorBoard is told to purge its points after it, so both show each step once."""
+    self.enabled = _is_process_0()
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter
     self._path = epath.Path(workdir) / METRICS_FILE
-    lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
-    kept = [line for line in lines if _step_of(line) <= start_step]
+    lines = self._path.read_bytes().decode('utf-8', 'replace').splitlines(keepends=True) if self._path.exists() else []
+    kept = [line for line in lines if (record := parse_line(line)) is not None and record['step'] <= start_step]
     if len(kept) < len(lines):
+      skipped = sum(parse_line(line) is None for line in lines)
+      if skipped:
+        print(f'warning: dropped {skipped} unreadable line(s) of {self._path}', file=sys.stderr, flush=True)
       self._path.write_text(''.join(kept))
     self._lines = kept if '://' in workdir else None
     if self._lines is None:
       self._jsonl = open(self._path, 'a')
-    self._tb = SummaryWriter(str(epath.Path(workdir) / 'tensorboard'))
+    self._tb = SummaryWriter(str(epath.Path(workdir) / 'tensorboard'), purge_step=start_step + 1 if start_step else None)
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -52,19 +74,16 @@ class MetricWriter:
       if isinstance(value, float):  # per-replica lists stay in metrics.jsonl
         self._tb.add_scalar(f'{split}/{name}', value, step)
 
+  def flush(self) -> None:
+    """Puts the TensorBoard events written so far on disk (metrics.jsonl is flushed at every write)."""
+    if self.enabled:
+      self._tb.flush()
+
   def close(self) -> None:
     if self.enabled:
       if self._lines is None:
         self._jsonl.close()
       self._tb.close()
-
-
-def _step_of(line: str) -> float:
-  """The step of a metrics.jsonl line; a line cut short by a crash counts as after any step."""
-  try:
-    return json.loads(line)['step']
-  except (ValueError, KeyError):
-    return float('inf')
 
 
 def format_metrics(metrics: Mapping[str, float | list]) -> str:
@@ -75,7 +94,7 @@ class Progress:
   """A tqdm bar on a terminal; plain lines (one per logged step) otherwise."""
 
   def __init__(self, total: int, initial: int):
-    self.enabled = jax.process_index() == 0
+    self.enabled = _is_process_0()
     self.total = total
     self._bar = None
     if self.enabled and sys.stderr.isatty():

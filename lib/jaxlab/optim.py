@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
 import ml_collections
 import optax
 
@@ -36,17 +39,21 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> tuple[opta
   schedule = make_schedule(cfg, num_steps)
   name = cfg.name
   if name == 'sgd':
-    rule = optax.sgd(schedule)
+    factory = lambda learning_rate: optax.sgd(learning_rate)
   elif name in ('momentum', 'nesterov'):
-    rule = optax.sgd(schedule, momentum=cfg.momentum, nesterov=name == 'nesterov')
+    factory = lambda learning_rate: optax.sgd(learning_rate, momentum=cfg.momentum, nesterov=name == 'nesterov')
   elif name == 'adam':
-    rule = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    factory = lambda learning_rate: optax.adam(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
   elif name == 'adamw':
-    rule = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    factory = lambda learning_rate: optax.adamw(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                                                weight_decay=cfg.weight_decay)
   elif name == 'rmsprop':
-    rule = optax.rmsprop(schedule, decay=cfg.decay, eps=cfg.eps, momentum=cfg.rmsprop_momentum or None)
+    factory = lambda learning_rate: optax.rmsprop(learning_rate, decay=cfg.decay, eps=cfg.eps,
+                                                  momentum=cfg.rmsprop_momentum or None)
   else:
     raise ConfigError(f'unknown optimizer.name {name!r}; choose from {", ".join(OPTIMIZERS)}')
+  # The rate each update used is kept in the optimizer state, where the loop reads it for the logs.
+  rule = optax.inject_hyperparams(factory)(learning_rate=schedule)
   parts = []
   if cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
@@ -55,3 +62,16 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> tuple[opta
     parts.append(optax.add_decayed_weights(cfg.weight_decay))
   parts.append(rule)
   return optax.chain(*parts), schedule
+
+
+def learning_rates(opt_state: Any) -> dict[str, Any]:
+  """The learning rate each optimizer in `opt_state` applied in its latest update.
+
+  One optimizer gives {'learning_rate': ...}; several (a GAN's dict of states) are named by path.
+  """
+  injected = lambda node: isinstance(node, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState))
+  found = [(path, node) for path, node in jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=injected)[0]
+           if injected(node) and 'learning_rate' in node.hyperparams]
+  if len(found) == 1:
+    return {'learning_rate': found[0][1].hyperparams['learning_rate']}
+  return {f'learning_rate{jax.tree_util.keystr(path)}': node.hyperparams['learning_rate'] for path, node in found}

@@ -24,11 +24,12 @@ import time
 from typing import Any, Mapping, Sequence
 
 from jaxlab import config as config_lib
+from jaxlab import logging
 from jaxlab import sweep as sweep_lib
+from jaxlab import workdir_lock
 from jaxlab.errors import ConfigError, JaxlabError
 
 STUDY_FILE, BEST_FILE = 'study.db', 'best.json'
-METRICS_FILE = 'metrics.jsonl'  # logging.METRICS_FILE, which imports JAX; a search parent must not
 STUDY_NAME = 'search'
 INSTALL_HINT = "pip install -e '.[search]'"
 
@@ -122,9 +123,9 @@ def read_metric(path: str, offset: int, split: str, name: str) -> tuple[int, lis
   complete = data[:data.rfind(b'\n') + 1]
   found = []
   for line in complete.splitlines():
-    record = json.loads(line)
-    if record.get('split') == split and isinstance(record.get(name), (int, float)):
-      found.append((int(record['step']), float(record[name])))
+    record = logging.parse_line(line)
+    if record is not None and record['split'] == split and isinstance(record.get(name), (int, float)):
+      found.append((record['step'], float(record[name])))
   return offset + len(complete), found
 
 
@@ -227,59 +228,62 @@ def run(spec: str, workdir: str, *, trials: int, common: Mapping[str, Any] = {},
   if split == 'validation' and not config.data.get('validation_size'):
     raise ConfigError(f'--metric {metric} needs a validation split: set data.validation_size '
                       '(in search() or --config.data.validation_size=N)')
-  os.makedirs(workdir, exist_ok=True)
-  study = open_study(optuna, workdir, metric, direction, seed)
-  space, state, names = distributions(params, optuna), optuna.trial.TrialState, sweep_lib.short_keys(params)
-  # A trial left RUNNING by a stopped search continues in its own workdir. Optuna has no public
-  # way to reopen a trial; Trial(study, id) is what study.ask itself returns.
-  stale = collections.deque((optuna.trial.Trial(study, t._trial_id), set(t.intermediate_values))
-                            for t in study.trials if t.state == state.RUNNING)
-  new = max(0, trials - len(study.trials))
-  total, done, failed = len(stale) + new, 0, 0
-  parallel = min(parallel, max(total, 1))
-  print(f'search: {len(study.trials) - len(stale)} of {trials} trials finished, {len(stale)} to resume, {new} new; '
-        f'{metric} ({direction}), {parallel} at a time, in {workdir}', flush=True)
-
-  running: dict[int, _Running] = {}
-  previous = signal.signal(signal.SIGTERM, sweep_lib.raise_stop)
+  lock = workdir_lock.WorkdirLock(workdir, what='search').acquire()
   try:
-    while stale or new or running:
-      for slot in range(parallel):
-        if slot not in running and (stale or new):
-          if stale:
-            trial, reported = stale.popleft()
-          else:
-            trial, reported, new = study.ask(space), set(), new - 1
-          point_dir = os.path.join(workdir, trial_name(trial.number))
-          num_steps = sweep_lib.resolve(spec, [trial.params], common)[0]['num_steps']
-          proc = sweep_lib.launch_point(launcher, spec, common, trial.params, point_dir, slot, parallel)
-          running[slot] = _Running(proc, trial, num_steps, reported)
-          write_manifest(workdir, spec, common, study)
-      time.sleep(0.1)
-      for slot, r in list(running.items()):
-        point_dir = os.path.join(workdir, trial_name(r.trial.number))
-        if r.pruned_at is None:
-          r.offset, values = read_metric(os.path.join(point_dir, METRICS_FILE), r.offset, split, name)
-          r.pruned_at = feed(r.trial, values, r.reported, r.proc)
-        if r.proc.poll() is None:
-          continue
-        del running[slot]
-        done += 1
-        failed += not _finish(study, r, point_dir, metric, f'[{done}/{total}]', names, state)
-  except (sweep_lib.Stop, KeyboardInterrupt):
-    # Each run saves a checkpoint on SIGTERM; the same command resumes the trials left RUNNING.
-    for r in running.values():
-      r.proc.send_signal(signal.SIGTERM)
-    for r in running.values():
-      r.proc.wait()
-      if r.pruned_at is not None:
-        study.tell(r.trial, state=state.PRUNED)
-    raise JaxlabError(f'search stopped with {len(running)} trial(s) running; run the same command to continue') from None
+    study = open_study(optuna, workdir, metric, direction, seed)
+    space, state, names = distributions(params, optuna), optuna.trial.TrialState, sweep_lib.short_keys(params)
+    # A trial left RUNNING by a stopped search continues in its own workdir. Optuna has no public
+    # way to reopen a trial; Trial(study, id) is what study.ask itself returns.
+    stale = collections.deque((optuna.trial.Trial(study, t._trial_id), set(t.intermediate_values))
+                              for t in study.trials if t.state == state.RUNNING)
+    new = max(0, trials - len(study.trials))
+    total, done, failed = len(stale) + new, 0, 0
+    parallel = min(parallel, max(total, 1))
+    print(f'search: {len(study.trials) - len(stale)} of {trials} trials finished, {len(stale)} to resume, {new} new; '
+          f'{metric} ({direction}), {parallel} at a time, in {workdir}', flush=True)
+
+    running: dict[int, _Running] = {}
+    previous = signal.signal(signal.SIGTERM, sweep_lib.raise_stop)
+    try:
+      while stale or new or running:
+        for slot in range(parallel):
+          if slot not in running and (stale or new):
+            if stale:
+              trial, reported = stale.popleft()
+            else:
+              trial, reported, new = study.ask(space), set(), new - 1
+            point_dir = os.path.join(workdir, trial_name(trial.number))
+            num_steps = sweep_lib.resolve(spec, [trial.params], common)[0]['num_steps']
+            proc = sweep_lib.launch_point(launcher, spec, common, trial.params, point_dir, slot, parallel)
+            running[slot] = _Running(proc, trial, num_steps, reported)
+            write_manifest(workdir, spec, common, study)
+        time.sleep(0.1)
+        for slot, r in list(running.items()):
+          point_dir = os.path.join(workdir, trial_name(r.trial.number))
+          if r.pruned_at is None:
+            r.offset, values = read_metric(os.path.join(point_dir, logging.METRICS_FILE), r.offset, split, name)
+            r.pruned_at = feed(r.trial, values, r.reported, r.proc)
+          if r.proc.poll() is None:
+            continue
+          del running[slot]
+          done += 1
+          failed += not _finish(study, r, point_dir, metric, f'[{done}/{total}]', names, state)
+    except (sweep_lib.Stop, KeyboardInterrupt):
+      # Each run saves a checkpoint on SIGTERM; the same command resumes the trials left RUNNING.
+      for r in running.values():
+        r.proc.send_signal(signal.SIGTERM)
+      for r in running.values():
+        r.proc.wait()
+        if r.pruned_at is not None:
+          study.tell(r.trial, state=state.PRUNED)
+      raise JaxlabError(f'search stopped with {len(running)} trial(s) running; run the same command to continue') from None
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+    write_manifest(workdir, spec, common, study)
+    _print_best(workdir, study, metric, state)
+    return failed
   finally:
-    signal.signal(signal.SIGTERM, previous)
-  write_manifest(workdir, spec, common, study)
-  _print_best(workdir, study, metric, state)
-  return failed
+    lock.release()
 
 
 def _finish(study: Any, r: _Running, point_dir: str, metric: str, counter: str, names: Mapping[str, str],

@@ -21,9 +21,10 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from jaxlab import config as config_lib
+from jaxlab import workdir_lock
 from jaxlab.errors import ConfigError, JaxlabError
 
 Point = dict[str, Any]
@@ -36,6 +37,7 @@ LOG_FILE = 'launch.log'
 SUMMARY_FILE = 'summary.json'
 _SAFE = re.compile(r'[^A-Za-z0-9._=,+-]')
 _MAX_NAME = 120
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _points(axis: Axis) -> list[Point]:
@@ -135,8 +137,21 @@ def resolve(spec: str, points: Sequence[Point], common: Mapping[str, Any] = {}) 
         config_lib.set_value(config, key, value)
     except ConfigError as e:
       raise ConfigError(f'sweep point {name}: {e}') from None
-    resolved.append({'name': name, 'overrides': dict(point), 'num_steps': config.train.num_steps})
+    resolved.append({'name': name, 'overrides': dict(point), 'num_steps': config.train.num_steps, 'config': config})
   return resolved
+
+
+def check_unchanged(workdir: str, points: Sequence[dict[str, Any]]) -> None:
+  """A sweep rerun in its workdir must ask for what its points ran: else one error, before anything runs.
+
+  Points added since are fine; a point whose saved config differs (another num_steps, a changed
+  config file) would fail, and the table would show its old results as new.
+  """
+  for point in points:
+    saved = config_lib.read_saved(os.path.join(workdir, point['name']))
+    if saved is not None:
+      config_lib.check_same(saved, point['config'], f'sweep point {point["name"]} in {workdir} ran with another config',
+                            hint='Use another --workdir for the changed sweep.')
 
 
 def completed(summary: Mapping[str, Any], num_steps: int) -> bool:
@@ -175,29 +190,53 @@ def child_argv(launcher: Sequence[str], spec: str, common: Mapping[str, Any], po
   return [*launcher, f'--config={spec}', *overrides, f'--workdir={workdir}']
 
 
+def _child_setup(cores: Sequence[int] | None, parent: int) -> Callable[[], None]:
+  """What the child runs between fork and exec: die with the parent (Linux), then pin to `cores`."""
+  def setup() -> None:
+    if sys.platform.startswith('linux'):
+      import ctypes
+      ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+      if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    if cores and hasattr(os, 'sched_setaffinity'):
+      os.sched_setaffinity(0, cores)
+  return setup
+
+
 def start(argv: Sequence[str], log_path: str, cores: Sequence[int] | None) -> subprocess.Popen:
   """Starts `argv` with stdout+stderr appended to `log_path`, pinned to `cores` (Linux).
 
   The affinity is set before exec, so every thread XLA starts inherits it, and XLA sizes its
   CPU thread pool from the cores it may use. A new session keeps a terminal's Ctrl-C away from
   the children: the sweep forwards it as SIGTERM, on which a run saves a checkpoint and stops.
+  If the sweep itself dies (even by SIGKILL), the kernel sends its runs SIGTERM (Linux), so no
+  point keeps training unattended beside a restarted sweep.
   """
-  pin = cores and hasattr(os, 'sched_setaffinity')
   log = open(log_path, 'a')
   log.write(f'$ {" ".join(argv)}\n')
   log.flush()
   try:
     return subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True,
-                            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if pin else None)
+                            start_new_session=True, preexec_fn=_child_setup(cores, os.getpid()))
   finally:
     log.close()
+
+
+def wait_until_free(point_dir: str, name: str, poll: float = 0.2) -> None:
+  """Waits while another process holds the point's workdir (e.g. a run of a killed sweep still saving)."""
+  holder = workdir_lock.holder(point_dir)
+  if holder is None:
+    return
+  print(f'sweep: point {name} is still held by {workdir_lock.describe(holder)}; waiting for it to stop', flush=True)
+  while workdir_lock.holder(point_dir) is not None:
+    time.sleep(poll)
 
 
 def launch_point(launcher: Sequence[str], spec: str, common: Mapping[str, Any], point: Point, point_dir: str,
                  slot: int = 0, parallel: int = 1) -> subprocess.Popen:
   """Starts one point's run in `point_dir`, on slot `slot`'s share of the CPU cores when `parallel` > 1."""
   os.makedirs(point_dir, exist_ok=True)
+  wait_until_free(point_dir, os.path.basename(point_dir))
   cores = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []
   slot_cores = cores_for(slot, parallel, cores) if parallel > 1 and cores else None
   return start(child_argv(launcher, spec, common, point, point_dir), os.path.join(point_dir, LOG_FILE), slot_cores)
@@ -236,7 +275,13 @@ def run(spec: str, workdir: str, *, common: Mapping[str, Any] = {}, parallel: in
   if parallel < 1:
     raise ConfigError(f'--parallel must be >= 1, got {parallel}')
   points = resolve(spec, load(spec), common)
-  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir, what='sweep'):
+    check_unchanged(workdir, points)
+    return _run_points(spec, workdir, points, common, parallel, launcher, metric)
+
+
+def _run_points(spec: str, workdir: str, points: list[dict[str, Any]], common: Mapping[str, Any], parallel: int,
+                launcher: Sequence[str], metric: str) -> int:
   with open(os.path.join(workdir, MANIFEST), 'w') as f:
     json.dump({'config': spec, 'common': {k: format_value(v) for k, v in common.items()},
                'points': [{'name': p['name'], 'overrides': p['overrides']} for p in points]}, f, indent=2)

@@ -2,56 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-import signal
-import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
-from jax.experimental import multihost_utils
 
-from jaxlab import checkpoint, data, early_stopping, metrics, parallel, replicas, tasks
+from jaxlab import checkpoint, data, early_stopping, metrics, optim, parallel, replicas, stop, tasks
 from jaxlab import config as config_lib
-from jaxlab.errors import NonFiniteLossError
+from jaxlab.errors import JaxlabError, NonFiniteLossError
 from jaxlab.logging import MetricWriter, Progress, format_metrics
 from jaxlab.state import TrainState
 
 Hook = Callable[[int, TrainState], None]
 SUMMARY_FILE = 'summary.json'
-
-
-class _Preemption:
-  """Turns SIGTERM (TPU VM preemption, a scheduler's kill) into 'save and stop at the next step'."""
-
-  def __init__(self):
-    self._requested = False
-    self._previous = None
-
-  def __enter__(self):
-    # With several processes jax.distributed's own SIGTERM handler feeds the sync point below;
-    # a Python handler would replace it.
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    self._requested = True
-
-  def requested(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      # All processes must stop at the same step; jax.distributed relays the notice.
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._requested
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+MAX_SEED = 2**31 - 1  # seeds feed numpy's SeedSequence and jax's PRNGKey: non-negative, 32-bit
 
 
 @jax.jit
@@ -108,18 +79,32 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   for key in ('batch_size', 'eval_batch_size'):
     config_lib.require(config.data[key] > 0, f'data.{key} must be positive, got {config.data[key]}')
   config_lib.require(config.num_replicas >= 1, f'num_replicas must be >= 1, got {config.num_replicas}')
+  config_lib.require(0 <= config.seed and config.seed + config.num_replicas - 1 <= MAX_SEED,
+                     f'seed must be in [0, {MAX_SEED - config.num_replicas + 1}], got {config.seed}')
   config_lib.require(not (t.early_stopping_metric and config.num_replicas > 1),
                      'train.early_stopping_metric needs num_replicas=1: each replica would stop at its own step')
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = False,
-          hooks: Sequence[Hook] = ()) -> dict[str, Any]:
-  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the summary.
+@dataclasses.dataclass
+class _Program:
+  """What a run computes with: its data, its task under jit with explicit shardings, its layout."""
 
-  `hooks` are called as hook(step, state) after every step (periodic actions, tests).
-  """
-  _validate(config)
-  config_lib.prepare_workdir(workdir, config, restart=restart)
+  source: Any
+  task: Any
+  mesh: Any
+  per_replica: bool
+  rng: jax.Array
+  example: Any
+  abstract: TrainState
+  state_sharding: Any
+  batch_sharding: Any
+  train_batch_sharding: Any
+  zero_totals: Callable
+  train_step: Callable
+  eval_step: Callable
+
+
+def _build(config: ml_collections.ConfigDict) -> _Program:
   mesh = parallel.make_mesh(config.mesh)
   dp = parallel.data_parallel_size(mesh)
   for key in ('batch_size', 'eval_batch_size'):
@@ -128,7 +113,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
   source = data.make_source(config.data, config.seed)
   config_lib.require(not config.train.early_stopping_metric or 'validation' in source.eval_splits,
                      'train.early_stopping_metric needs a validation split: set data.validation_size > 0')
-  task, schedule = tasks.make(config, source)
+  task = tasks.make(config, source)
   batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
   train_batch_sharding = batch_sharding
   rng = jax.random.PRNGKey(config.seed)
@@ -137,163 +122,240 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
     source, task = replicas.ReplicatedSource(source, config.num_replicas), replicas.ReplicatedTask(task)
     rng = replicas.init_keys(config.seed, config.num_replicas)
     train_batch_sharding = parallel.replica_batch_sharding(mesh)
-
   example = source.example_batch()
   abstract = jax.eval_shape(task.init, rng, example)
   state_sharding = parallel.tree_shardings(abstract, replicated)
-  ckpt = checkpoint.Checkpointer(str(epath.Path(workdir) / 'checkpoints'), config.train.keep_checkpoints)
-  start = ckpt.latest_step()
-  if start is None:
-    state = jax.jit(task.init, out_shardings=state_sharding)(rng, example)
-  else:
-    state = ckpt.restore(start, checkpoint.abstract_with_shardings(abstract, state_sharding))
-  if jax.process_index() == 0:
-    config_lib.save(workdir, config)
-
   train_example = (jax.tree.map(lambda x: np.stack([x] * config.num_replicas), example)
                    if per_replica else example)
   abstract_metrics = jax.eval_shape(task.train_step, abstract, train_example)[1]
   totals_sharding = parallel.tree_shardings(_zero_totals(abstract_metrics), replicated)
-  zero_totals = jax.jit(functools.partial(_zero_totals, abstract_metrics), out_shardings=totals_sharding)
-  train_step = jax.jit(_accumulating(task.train_step),
-                       in_shardings=(state_sharding, totals_sharding, train_batch_sharding),
-                       out_shardings=(state_sharding, totals_sharding), donate_argnums=(0, 1))
-  eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)
+  return _Program(
+      source=source, task=task, mesh=mesh, per_replica=per_replica, rng=rng, example=example, abstract=abstract,
+      state_sharding=state_sharding, batch_sharding=batch_sharding, train_batch_sharding=train_batch_sharding,
+      zero_totals=jax.jit(functools.partial(_zero_totals, abstract_metrics), out_shardings=totals_sharding),
+      train_step=jax.jit(_accumulating(task.train_step),
+                         in_shardings=(state_sharding, totals_sharding, train_batch_sharding),
+                         out_shardings=(state_sharding, totals_sharding), donate_argnums=(0, 1)),
+      eval_step=jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated))
 
+
+def _restore_or_init(program: _Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
+                     workdir: str) -> tuple[int, TrainState]:
+  """The newest intact checkpoint whose own config is this run's, or a fresh state at step 0."""
+  def accept(step: int, saved: dict[str, Any]) -> None:
+    config_lib.check_same(saved, config, f'the checkpoint of step {step} in {workdir} was saved by a different config')
+
+  target = checkpoint.abstract_with_shardings(program.abstract, program.state_sharding)
+  found = ckpt.restore_newest_good(target, accept)
+  if found is not None:
+    return found[0], found[1]
+  return 0, jax.jit(program.task.init, out_shardings=program.state_sharding)(program.rng, program.example)
+
+
+def _evaluator(program: _Program, eval_sums: dict[str, Any]) -> Callable[[TrainState], dict[str, dict[str, float]]]:
+  """evaluate(state) -> {split: metrics}; each split's raw sums are kept in `eval_sums` for the final report."""
   # Several CPU devices of one process abort in an all-reduce rendezvous once a few hundred
   # steps are queued (2 simulated devices on 2 cores, measured); one step in flight avoids it.
   one_in_flight = jax.default_backend() == 'cpu' and jax.local_device_count() > 1
-  eval_sums: dict[str, dict[str, Any]] = {}  # the last evaluation's raw sums, for the end-of-run report
 
   def evaluate(state: TrainState) -> dict[str, dict[str, float]]:
     results = {}
-    for split in source.eval_splits:
+    for split in program.source.eval_splits:
       sums = None
-      for batch in source.eval_batches(split):
-        out = eval_step(state, parallel.to_global(batch, batch_sharding))
+      for batch in program.source.eval_batches(split):
+        out = program.eval_step(state, parallel.to_global(batch, program.batch_sharding))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         if one_in_flight:
           jax.block_until_ready(sums)
       eval_sums[split] = jax.device_get(sums)
-      results[split] = _report(metrics.summarize(eval_sums[split]), per_replica)
+      results[split] = _report(metrics.summarize(eval_sums[split]), program.per_replica)
     return results
+  return evaluate
 
-  num_steps, t = config.train.num_steps, config.train
-  writer, progress = MetricWriter(workdir, int(start or 0)), Progress(num_steps, int(start or 0))
-  step = int(start or 0)
-  progress.message(f'{"Resuming from step " + str(step) if step else "Starting"}: {num_steps} steps on '
-                   f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}, '
-                   f'workdir {workdir}')
-  totals = zero_totals()
-  last_good = start
-  clock = time.perf_counter()
-  paused = 0.0  # time spent evaluating and checkpointing since the last log line
-  eval_results: dict[str, dict[str, float]] = {}
-  start_time, start_step = time.perf_counter(), step
-  preempted = False
-  best = early_stopping.from_config(workdir, config.train)
-  stopped_early = best is not None and best.should_stop(step)
 
-  def flush() -> None:
+def _device_batches(program: _Program, start: int, device_prefetch: int) -> Iterator[Any]:
+  batches = program.source.train_batches(start)
+  # On CPU, device memory is host memory: jit reading the numpy batch itself is ~5 % faster
+  # (MNIST-1D CNN, measured) than copying batches ahead.
+  if device_prefetch > 0 and jax.default_backend() != 'cpu':
+    return parallel.prefetch_to_devices(batches, program.train_batch_sharding, device_prefetch)
+  return (parallel.to_global(b, program.train_batch_sharding) for b in batches)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = False,
+          hooks: Sequence[Hook] = ()) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its newest intact checkpoint; returns the summary.
+
+  The workdir is held for the whole run (a second run on it is refused). `hooks` are called as
+  hook(step, state) after every step (periodic actions, tests).
+  """
+  _validate(config)
+  installed = jax.process_count() == 1 and stop.install()
+  lock = None
+  try:
+    lock = config_lib.prepare_workdir(workdir, config, restart=restart)
+    return _Run(config, workdir, _build(config)).run(hooks)
+  finally:
+    if lock is not None:
+      lock.release()
+    if installed:
+      stop.uninstall()
+
+
+class _Run:
+  """One call of `train`: the state, its checkpoints and logs, and the loop over steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, program: _Program):
+    self.config, self.workdir, self.program = config, workdir, program
+    self.ckpt = checkpoint.Checkpointer(str(epath.Path(workdir) / 'checkpoints'), config.train.keep_checkpoints)
+    self.start, self.state = _restore_or_init(program, self.ckpt, config, workdir)
+    stop.arm()
+    if jax.process_index() == 0:
+      config_lib.save(workdir, config)
+    self.step = self.start
+    self.writer = MetricWriter(workdir, self.start)
+    self.progress = Progress(config.train.num_steps, self.start)
+    self.eval_sums: dict[str, Any] = {}
+    self.evaluate = _evaluator(program, self.eval_sums)
+    self.best = early_stopping.from_config(workdir, config.train)
+    self.totals = program.zero_totals()
+    self.clock, self.paused = time.perf_counter(), 0.0  # paused: evaluating and checkpointing since the last log
+
+  def _last_good(self) -> str:
+    self.ckpt.wait()  # a save still being written counts once it is on disk
+    good = self.ckpt.last_good
+    return f'step {good} in {self.ckpt.directory}' if good is not None else 'none (no checkpoint was saved)'
+
+  def flush(self) -> None:
     """Reads the summed step metrics off the devices; stops the run on a non-finite loss."""
-    nonlocal totals, clock, paused
-    values = jax.device_get(totals)
+    values = jax.device_get(self.totals)
     count = int(values['count'])
     if not count:
       return
     if values['first_nonfinite'] >= 0:
-      where = f'step {last_good} in {ckpt.directory}' if last_good is not None else 'none (no checkpoint was saved)'
       raise NonFiniteLossError(f'loss is {float(values["nonfinite_loss"])} at step {int(values["first_nonfinite"])}; '
-                               f'training stopped. Last good checkpoint: {where}')
-    means = _report({k: v / count for k, v in values['sums'].items()}, per_replica)
+                               f'training stopped. Last good checkpoint: {self._last_good()}')
+    means = _report({k: v / count for k, v in values['sums'].items()}, self.program.per_replica)
     now = time.perf_counter()
-    means['learning_rate'] = float(schedule(step - 1))
-    means['steps_per_sec'] = count / max(now - clock - paused, 1e-9)
-    writer.write(step, 'train', means)
-    progress.update(step, means, means['steps_per_sec'])
-    totals, clock, paused = zero_totals(), now, 0.0
+    # The rate the optimizer applied in this step, read from its state, not recomputed here.
+    means.update({k: float(np.mean(v)) for k, v in jax.device_get(optim.learning_rates(self.state.opt_state)).items()})
+    means['steps_per_sec'] = count / max(now - self.clock - self.paused, 1e-9)
+    self.writer.write(self.step, 'train', means)
+    self.progress.update(self.step, means, means['steps_per_sec'])
+    self.totals, self.clock, self.paused = self.program.zero_totals(), now, 0.0
 
-  def save() -> None:
-    nonlocal last_good, paused
-    flush()
-    if not bool(_all_finite(state.params)):
-      raise NonFiniteLossError(f'parameters became NaN/Inf by step {step}; not saving them. '
-                               f'Last good checkpoint: step {last_good}')
+  def save(self) -> None:
+    self.flush()
+    if not bool(_all_finite(self.state.params)):
+      raise NonFiniteLossError(f'parameters became NaN/Inf by step {self.step}; not saving them. '
+                               f'Last good checkpoint: {self._last_good()}')
     began = time.perf_counter()
-    ckpt.save(step, state, config_lib.to_dict(config))
-    last_good = step
-    paused += time.perf_counter() - began
+    self.writer.flush()  # TensorBoard holds every point up to the checkpoint, as metrics.jsonl does
+    self.ckpt.save(self.step, self.state, config_lib.to_dict(self.config))
+    self.paused += time.perf_counter() - began
 
-  try:
-    with _Preemption() as preemption:
-      batches = source.train_batches(step)
-      # On CPU, device memory is host memory: jit reading the numpy batch itself is ~5 % faster
-      # (MNIST-1D CNN, measured) than copying batches ahead.
-      if t.device_prefetch > 0 and jax.default_backend() != 'cpu':
-        batches = parallel.prefetch_to_devices(batches, train_batch_sharding, t.device_prefetch)
-      else:
-        batches = (parallel.to_global(b, train_batch_sharding) for b in batches)
-      while step < num_steps and not stopped_early:
-        if one_in_flight:
-          jax.block_until_ready(totals)
-        state, totals = train_step(state, totals, next(batches))
-        step += 1
-        last = step == num_steps
-        preempted = not last and preemption.requested(step)
-        if _due(step, t.log_every) or last:
-          flush()
-        if _due(step, t.eval_every) or last:
-          began = time.perf_counter()
-          eval_results = evaluate(state)
-          for split, metrics_ in eval_results.items():
-            writer.write(step, split, metrics_)
-            progress.message(f'step {step} {split}: {format_metrics(metrics_)}')
-          if best is not None:
-            best.update(step, eval_results, state, config_lib.to_dict(config))
-            stopped_early = not last and best.should_stop(step)
-          paused += time.perf_counter() - began
-        if _due(step, t.checkpoint_every) or last or preempted or stopped_early:
-          save()
-        for hook in hooks:
-          hook(step, state)
-        if preempted:
-          progress.message(f'Preempted (SIGTERM) at step {step}; checkpoint saved. Run the same command to resume.')
-          break
-    if best is not None and best.step is not None and not preempted:
+  def _evaluate_and_log(self, last: bool) -> tuple[dict[str, dict[str, float]], bool]:
+    began = time.perf_counter()
+    results = self.evaluate(self.state)
+    for split, values in results.items():
+      self.writer.write(self.step, split, values)
+      self.progress.message(f'step {self.step} {split}: {format_metrics(values)}')
+    stopped_early = False
+    if self.best is not None:
+      self.best.update(self.step, results, self.state, config_lib.to_dict(self.config))
+      stopped_early = not last and self.best.should_stop(self.step)
+    self.paused += time.perf_counter() - began
+    return results, stopped_early
+
+  def loop(self, hooks: Sequence[Hook]) -> tuple[dict[str, dict[str, float]], str | None, bool]:
+    """Trains to the end, a stop signal or early stopping; returns (last evaluation, signal, stopped early)."""
+    t, program = self.config.train, self.program
+    one_in_flight = jax.default_backend() == 'cpu' and jax.local_device_count() > 1  # see _evaluator
+    batches = _device_batches(program, self.step, t.device_prefetch)
+    results, signal_name = {}, None
+    stopped_early = self.best is not None and self.best.should_stop(self.step)
+    while self.step < t.num_steps and not stopped_early:
+      if one_in_flight:
+        jax.block_until_ready(self.totals)
+      self.state, self.totals = program.train_step(self.state, self.totals, next(batches))
+      self.step += 1
+      self.ckpt.check()
+      last = self.step == t.num_steps
+      signal_name = None if last else stop.requested(self.step, jax.process_count() > 1)
+      if _due(self.step, t.log_every) or last:
+        self.flush()
+      if _due(self.step, t.eval_every) or last:
+        results, stopped_early = self._evaluate_and_log(last)
+      if _due(self.step, t.checkpoint_every) or last or signal_name or stopped_early:
+        self.save()
+      for hook in hooks:
+        hook(self.step, self.state)
+      if signal_name:
+        self.progress.message(f'Stopped by {signal_name} at step {self.step}; checkpoint saved. '
+                              'Run the same command to resume.')
+        break
+    return results, signal_name, stopped_early
+
+  def run(self, hooks: Sequence[Hook]) -> dict[str, Any]:
+    num_steps, began = self.config.train.num_steps, time.perf_counter()
+    self.progress.message(
+        f'{"Resuming from step " + str(self.step) if self.step else "Starting"}: {num_steps} steps on '
+        f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh {dict(self.program.mesh.shape)}, '
+        f'workdir {self.workdir}')
+    try:
+      results, signal_name, stopped_early = self.loop(hooks)
+      # A stopped run reports no evaluation: an earlier one must not pass for its final result.
+      results = {} if signal_name else self._final_results(results, stopped_early)
+      self.ckpt.wait()
+    except OSError as e:  # a full disk, a vanished mount: say what and where, keep the traceback out
+      raise JaxlabError(f'writing {e.filename or "the workdir"} failed: {e.strerror or e}; '
+                        f'last good checkpoint: {self._last_good()}') from None
+    finally:
+      self.progress.close()
+      self.writer.close()
+      self.ckpt.close()
+      if self.best is not None:
+        self.best.close()
+    return self._summary(results, signal_name, stopped_early, time.perf_counter() - began)
+
+  def _final_results(self, results: dict[str, dict[str, float]], stopped_early: bool) -> dict[str, dict[str, float]]:
+    """The evaluation to report: the best checkpoint's with early stopping, else the final state's."""
+    best = self.best
+    if best is not None and best.step is not None:
       value = 'not recorded' if best.value is None else f'{best.value:.4g}'
-      progress.message(f'{"Stopped early; r" if stopped_early else "R"}estoring the best checkpoint: step '
-                       f'{best.step} ({best.metric} {value})')
-      state = best.restore(checkpoint.abstract_with_shardings(abstract, state_sharding))
-      eval_results = evaluate(state)
-    # A run that had already finished reports from its final checkpoint; a preempted one leaves at once.
-    if not eval_results and not preempted:
-      eval_results = evaluate(state)
-  finally:
-    progress.close()
-    writer.close()
-    ckpt.close()
-    if best is not None:
-      best.close()
+      self.progress.message(f'{"Stopped early; r" if stopped_early else "R"}estoring the best checkpoint: step '
+                            f'{best.step} ({best.metric} {value})')
+      self.state = best.restore(checkpoint.abstract_with_shardings(self.program.abstract, self.program.state_sharding))
+      return self.evaluate(self.state)
+    # A run that had already finished reports from its final checkpoint.
+    return results or self.evaluate(self.state)
 
-  elapsed = time.perf_counter() - start_time
-  summary = {'step': step, 'num_steps': num_steps, 'preempted': preempted, 'workdir': workdir,
-             'train_seconds': elapsed, 'steps_trained': step - start_step,
-             **({'best_step': best.step, f'best_{best.metric}': best.value, 'stopped_early': stopped_early}
-                if best is not None else {}),
-             **{f'{split}_{k}': v for split, m in eval_results.items() for k, v in m.items()}}
-  if jax.process_index() == 0:
-    (epath.Path(workdir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    for split, sums in eval_sums.items():  # per-class metrics, confusion matrix JSON and PNG
-      metrics.save(workdir, split, sums, best.step if best is not None and best.step is not None else step)
-  return summary
+  def _summary(self, results: dict[str, dict[str, float]], signal_name: str | None, stopped_early: bool,
+               seconds: float) -> dict[str, Any]:
+    """summary.json: step, time, how the run ended, and every metric of the final evaluation."""
+    best = self.best
+    summary = {'step': self.step, 'num_steps': self.config.train.num_steps, 'preempted': signal_name is not None,
+               'stop_signal': signal_name, 'workdir': self.workdir, 'train_seconds': seconds,
+               'steps_trained': self.step - self.start,
+               **({'best_step': best.step, f'best_{best.metric}': best.value, 'stopped_early': stopped_early}
+                  if best is not None else {}),
+               **{f'{split}_{k}': v for split, m in results.items() for k, v in m.items()}}
+    if jax.process_index() == 0:
+      (epath.Path(self.workdir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+      report_step = best.step if best is not None and best.step is not None else self.step
+      for split, sums in (self.eval_sums.items() if results else ()):
+        metrics.save(self.workdir, split, sums, report_step)  # per-class metrics, confusion matrix JSON and PNG
+    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
   """The run's final line: steps, time, and every evaluation metric (test accuracy first)."""
+  head = (f'{"Preempted at" if summary["preempted"] else "Finished"} step {summary["step"]}/{summary["num_steps"]} '
+          f'({summary["steps_trained"]} trained in {summary["train_seconds"]:.1f}s)')
+  if summary['preempted']:
+    return f'{head} | stopped by {summary.get("stop_signal")}; run the same command to resume | workdir {summary["workdir"]}'
   metrics = {k: v for k, v in summary.items() if k.split('_')[0] in ('test', 'validation')
              and k.endswith(('accuracy', 'loss', 'macro_f1')) and isinstance(v, float)}
   ordered = sorted(metrics, key=lambda k: (not k.startswith('test'), k))
   parts = [f'{k} {metrics[k]:.2%}' if k.endswith('accuracy') else f'{k} {metrics[k]:.4f}' for k in ordered]
-  return (f'{"Preempted at" if summary["preempted"] else "Finished"} step {summary["step"]}/{summary["num_steps"]} '
-          f'({summary["steps_trained"]} trained in {summary["train_seconds"]:.1f}s) | '
-          + ' | '.join(parts) + f' | workdir {summary["workdir"]}')
+  return ' | '.join([head, *parts, f'workdir {summary["workdir"]}'])

@@ -28,7 +28,7 @@ def pipeline_examples_per_sec(source, steps: int, start_step: int = 0) -> float:
 
 def step_examples_per_sec(config: ml_collections.ConfigDict, source, steps: int) -> float:
   """Examples/s the jitted train step consumes when its input is already in memory (one fixed batch)."""
-  task, _ = tasks.make(config, source)
+  task = tasks.make(config, source)
   batch = next(source.train_batches(0))
   state = jax.jit(task.init)(jax.random.PRNGKey(0), source.example_batch())
   step = jax.jit(task.train_step, donate_argnums=0)

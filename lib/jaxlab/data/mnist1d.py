@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 
 from jaxlab.data.arrays import ArraySource, split_off
+from jaxlab.errors import ConfigError
 
 
 def generate(num_samples: int = 5000, train_split: float = 0.8) -> dict[str, np.ndarray]:
@@ -21,6 +22,12 @@ def generate(num_samples: int = 5000, train_split: float = 0.8) -> dict[str, np.
 
 
 def load(cfg: ml_collections.ConfigDict, seed: int) -> ArraySource:
+  if not 0 < cfg.train_split < 1:
+    raise ConfigError(f'data.train_split must be in (0, 1), the fraction of examples used for training; '
+                      f'got {cfg.train_split}')
+  if int(cfg.num_samples * cfg.train_split) < 1 or cfg.num_samples - int(cfg.num_samples * cfg.train_split) < 1:
+    raise ConfigError(f'data.num_samples {cfg.num_samples} with train_split {cfg.train_split} leaves an empty '
+                      'train or test split')
   raw = generate(cfg.num_samples, cfg.train_split)
   train = {'x': raw['x'].astype(np.float32), 'y': raw['y'].astype(np.int32)}
   splits = {'test': {'x': raw['x_test'].astype(np.float32), 'y': raw['y_test'].astype(np.int32)}}

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlab.errors import ConfigError
+from jaxlab.models import checks
 
 
 class MatmulConv1D(nn.Module):
@@ -45,10 +45,16 @@ class CNN1D(nn.Module):
   padding: int = 1
   conv: str = 'xla'
 
+  def validate(self) -> None:
+    checks.positive(channels=self.channels, kernel_sizes=self.kernel_sizes, strides=self.strides)
+    checks.one_of('conv', self.conv, ('xla', 'matmul'))
+    if len(self.kernel_sizes) != len(self.strides):
+      raise ValueError(f'kernel_sizes {self.kernel_sizes} and strides {self.strides} differ in length')
+    if self.padding < 0:
+      raise ValueError(f'padding must be >= 0, got {self.padding}')
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if self.conv not in ('xla', 'matmul'):
-      raise ConfigError(f"unknown model.conv {self.conv!r}; choose 'xla' or 'matmul'")
     if x.ndim == 2:
       x = x[..., None]
     for i, (kernel, stride) in enumerate(zip(self.kernel_sizes, self.strides)):

@@ -5,6 +5,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from jaxlab.models import checks
+
 ACTIVATIONS = {'relu': nn.relu, 'tanh': nn.tanh}
 
 
@@ -18,6 +20,10 @@ class LeNet5(nn.Module):
   num_classes: int
   activation: str = 'tanh'
   dropout: float = 0.0
+
+  def validate(self) -> None:
+    checks.one_of('activation', self.activation, ACTIVATIONS)
+    checks.rate(dropout=self.dropout)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -42,6 +48,10 @@ class CNN(nn.Module):
   hidden: Sequence[int] = (128,)
   dropout: float = 0.0
   batch_norm: bool = False
+
+  def validate(self) -> None:
+    checks.positive(channels=self.channels, hidden=tuple(self.hidden) or (1,))
+    checks.rate(dropout=self.dropout)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

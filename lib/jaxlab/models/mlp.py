@@ -5,12 +5,18 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from jaxlab.models import checks
+
 
 class MLP(nn.Module):
   num_classes: int
   hidden: Sequence[int] = (100, 100)
   dropout: float = 0.0
   residual: bool = False  # x + layer(x) where a layer keeps the width (the MNIST-1D paper's MLP)
+
+  def validate(self) -> None:
+    checks.positive(hidden=tuple(self.hidden) or (1,))  # no hidden layer: logistic regression
+    checks.rate(dropout=self.dropout)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

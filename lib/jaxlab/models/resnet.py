@@ -69,6 +69,9 @@ class ResNet(nn.Module):
   style: str = 'cifar'
   bn_momentum: float = 0.9
 
+  def validate(self) -> None:
+    stage_sizes(self.style, self.depth)
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     stages = stage_sizes(self.style, self.depth)

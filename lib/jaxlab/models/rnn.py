@@ -3,6 +3,8 @@
 import flax.linen as nn
 import jax
 
+from jaxlab.models import checks
+
 CELLS = {'gru': nn.GRUCell, 'lstm': nn.OptimizedLSTMCell, 'simple': nn.SimpleCell}
 READOUTS = ('flatten', 'last')
 
@@ -18,6 +20,11 @@ class RNNClassifier(nn.Module):
   hidden: int = 6
   bidirectional: bool = True
   readout: str = 'flatten'
+
+  def validate(self) -> None:
+    checks.one_of('cell', self.cell, CELLS)
+    checks.one_of('readout', self.readout, READOUTS)
+    checks.positive(hidden=self.hidden)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
