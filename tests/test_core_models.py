@@ -89,5 +89,5 @@ def test_unknown_model_and_attribute():
     _model(dict(name='transfomer'))
   with pytest.raises(ConfigError, match=r"no attribute\(s\) \['chanels'\]"):
     _model(dict(name='cnn1d', chanels=3))
-  with pytest.raises(ConfigError, match="unknown model.cell 'grux'"):
+  with pytest.raises(ConfigError, match="model 'rnn': unknown cell 'grux'; choose from gru, lstm, simple"):
     _model(dict(name='rnn', cell='grux'))

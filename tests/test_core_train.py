@@ -1,9 +1,11 @@
 import json
+import math
 import os
 import signal
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from conftest import tiny_config
@@ -84,9 +86,18 @@ def test_each_optimizer_reduces_the_loss(tmp_path, name):
   assert lrs[-1] < 0.01 * lr  # cosine decays to ~0 at the end
 
 
-def test_batch_size_must_divide_over_devices(tmp_path):
+def test_a_mesh_that_does_not_fit_the_devices_is_refused(tmp_path):
   with pytest.raises(ConfigError, match='mesh'):
     train.train(tiny_config(**{'mesh.model': 3}), str(tmp_path / 'run'))
+
+
+def test_batch_size_must_divide_over_the_data_axis(tmp_path):
+  """Two simulated devices, so the mesh fits and the batch-size check itself is what fires."""
+  from conftest import launch
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'JAX_PLATFORMS': 'cpu'}
+  proc = launch('--config.data.batch_size=45', f'--workdir={tmp_path / "run"}', env=env)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip() == 'error: data.batch_size 45 is not divisible by the 2 devices of the data axis'
 
 
 def test_schedule_choices():
@@ -132,3 +143,56 @@ def test_rmsprop_has_no_momentum_unless_asked_for():
   with_momentum = optax.rmsprop(0.1, decay=cfg.decay, eps=cfg.eps, momentum=0.9)
   np.testing.assert_allclose(two_updates(optim.make_optimizer(cfg, 10)[0]), two_updates(with_momentum), rtol=1e-6)
   assert not np.allclose(two_updates(plain), two_updates(with_momentum))
+
+
+def test_each_step_draws_new_dropout_masks_from_the_step():
+  """fold_in(rng, step): with a zero learning rate the parameters never change, yet the training loss
+  of the same batch differs from step to step because the dropout masks do."""
+  from jaxlab import models
+  from jaxlab.tasks.classification import Classification
+  config = tiny_config(**{'model.name': 'mlp'})
+  config.unlock()
+  config.model = {'name': 'mlp', 'hidden': (64,), 'dropout': 0.5}
+  task = Classification(models.create(config.model, 10), optax.sgd(0.0), num_classes=10)
+  batch = {'x': np.random.default_rng(0).normal(size=(32, 40)).astype(np.float32), 'y': np.arange(32) % 10}
+  state = task.init(jax.random.PRNGKey(0), batch)
+  step = jax.jit(task.train_step)
+  losses = []
+  for _ in range(3):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss']))
+  assert len(set(losses)) == 3
+  # And the mask is a function of (rng, step) only: step 1 from the initial state again gives the same loss.
+  again = jax.jit(task.train_step)(task.init(jax.random.PRNGKey(0), batch), batch)[1]['loss']
+  assert float(again) == losses[0]
+
+
+@pytest.mark.parametrize('name', ['sgd', 'adam', 'adamw'])
+def test_the_optimizer_applies_the_scheduled_rate_at_every_step(name):
+  """With a constant gradient c, SGD moves by -lr_t * c and Adam by -lr_t * sign(c) (m/sqrt(v) = sign(c)):
+  the rate each update used is read off the parameters and compared with the schedule's formula."""
+  from jaxlab import optim
+  config = tiny_config(**{'optimizer.name': name, 'optimizer.schedule': 'linear', 'optimizer.learning_rate': 0.5,
+                          'optimizer.final_lr_fraction': 0.1, 'optimizer.eps': 1e-12})
+  tx, _ = optim.make_optimizer(config.optimizer, 10)
+  c = np.array([0.5, -2.0, 3.0], np.float32)
+  params = np.zeros(3, np.float32)
+  state = tx.init(params)
+  for t in range(10):
+    updates, state = tx.update(c, state, params)
+    expected_lr = 0.5 + (0.05 - 0.5) * t / 10  # linear from lr to lr * final_lr_fraction over 10 steps
+    direction = c if name == 'sgd' else np.sign(c)
+    np.testing.assert_allclose(np.asarray(updates), -expected_lr * direction, rtol=1e-4)  # rates differ by ~9 % a step
+    params = optax.apply_updates(params, updates)
+    assert float(optim.learning_rates(state)['learning_rate']) == pytest.approx(expected_lr, rel=1e-6)
+
+
+def test_the_logged_learning_rate_is_the_one_the_optimizer_used(tmp_path):
+  config = tiny_config(**{'optimizer.schedule': 'cosine', 'optimizer.learning_rate': 0.02, 'train.num_steps': 20,
+                          'train.log_every': 5})
+  train.train(config, str(tmp_path / 'run'))
+  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+    logged = {r['step']: r['learning_rate'] for r in map(json.loads, f) if r['split'] == 'train'}
+  # The update of step s (1-based) used the rate of optimizer count s - 1: 0.5 lr (1 + cos(pi (s-1) / N)).
+  assert logged == pytest.approx({s: 0.01 * (1 + math.cos(math.pi * (s - 1) / 20)) for s in (5, 10, 15, 20)},
+                                 rel=1e-5)

@@ -156,3 +156,12 @@ def test_random_resized_crop_varies_with_the_key_and_center_crop_keeps_the_middl
   assert all(c.shape == (16, 16, 1) for c in crops)
   assert len({c.tobytes() for c in crops}) == 5  # five keys, five different boxes
   np.testing.assert_array_equal(crops[2], pipeline.random_resized_crop(image, np.uint64(2), 16))
+
+
+def test_epoch_orders_of_different_seeds_and_epochs_never_coincide():
+  """Seeding with seed + epoch would make seed 0's epoch 1 seed 1's epoch 0 (shifted shared orders)."""
+  orders = {(seed, epoch): pipeline.epoch_permutation(seed, epoch, 50).tobytes()
+            for seed in range(8) for epoch in range(8)}
+  assert len(set(orders.values())) == len(orders)
+  # Nor do they coincide with numpy's plain generator for the same numbers (the orders are namespaced).
+  assert orders[(0, 1)] != np.random.default_rng([0, 1]).permutation(50).tobytes()

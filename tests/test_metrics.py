@@ -42,7 +42,35 @@ def test_macro_rates_keep_a_leading_replica_axis():
   stacked = np.stack([CONFUSION, CONFUSION.T])
   out = metrics.macro_rates(stacked)
   assert out['macro_recall'].shape == (2,)
-  assert out['macro_recall'][0] == pytest.approx(metrics.summarize({'count': 1, 'confusion': CONFUSION})['macro_recall'])
+  # Hand counts: recall of CONFUSION is its row-wise diagonal share; CONFUSION.T's rows are CONFUSION's columns.
+  assert out['macro_recall'] == pytest.approx([(5 / 6 + 6 / 10 + 4 / 4) / 3, (5 / 7 + 6 / 7 + 4 / 6) / 3])
+  assert out['macro_precision'] == pytest.approx([(5 / 7 + 6 / 7 + 4 / 6) / 3, (5 / 6 + 6 / 10 + 4 / 4) / 3])
+
+
+def test_eval_step_counts_confusion_as_true_by_predicted_in_integers():
+  """A 'model' whose logits are its input, so every prediction is chosen by hand."""
+  import flax.linen as nn
+  import jax
+  import optax
+  from jaxlab.tasks.classification import Classification
+
+  class Logits(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return x + 0 * self.param('unused', nn.initializers.zeros, ())
+
+  truth = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+  predicted = np.array([0, 1, 1, 1, 2, 2, 0, 2])
+  mask = np.array([1, 1, 1, 1, 1, 1, 1, 0], np.float32)  # the last example is padding
+  batch = {'x': np.eye(3, dtype=np.float32)[predicted], 'y': truth, 'mask': mask}
+  task = Classification(Logits(), optax.sgd(0.1), num_classes=3)
+  sums = jax.jit(task.eval_step)(task.init(jax.random.PRNGKey(0), batch), batch)
+  # Row = true class, column = predicted class, padding left out: counted by hand.
+  np.testing.assert_array_equal(sums['confusion'], [[1, 2, 0], [0, 1, 1], [1, 0, 1]])
+  assert int(sums['accuracy']) == 3 and int(sums['count']) == 7
+  # Counts are integers: float32 sums stop being exact past 2**24 examples.
+  assert np.issubdtype(sums['count'].dtype, np.integer) and np.issubdtype(sums['confusion'].dtype, np.integer)
+  assert np.issubdtype(sums['accuracy'].dtype, np.integer)
 
 
 def test_save_writes_the_report_and_a_confusion_png(tmp_path):

@@ -22,13 +22,20 @@ def test_replica_r_equals_the_run_with_seed_plus_r(tmp_path):
   overrides = {'train.num_steps': 30, 'model.channels': 8, 'seed': 4}
   stacked, summary = _final_params(tiny_config(num_replicas=3, **overrides), str(tmp_path / 'replicas'))
   assert len(summary['test_accuracy_replicas']) == 3
-  # The reported value is the replicas' mean, computed by train in its own way: equal up to rounding.
-  assert summary['test_accuracy'] == pytest.approx(np.mean(summary['test_accuracy_replicas']), rel=1e-12, abs=0)
+  singles = []
   for r in range(3):
     single, single_summary = _final_params(tiny_config(**{**overrides, 'seed': 4 + r}), str(tmp_path / f'seed{r}'))
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(stacked), strict=True):
       np.testing.assert_allclose(a, b[r], rtol=1e-4, atol=1e-5)
     assert abs(single_summary['test_accuracy'] - summary['test_accuracy_replicas'][r]) <= 0.005
+    singles.append(single_summary['test_accuracy'])
+  # The reported value is the mean over replicas: that of the three separate runs (30 steps).
+  assert summary['test_accuracy'] == pytest.approx(sum(singles) / 3, abs=0.005)
+  # Each replica's accuracy is also its confusion matrix's diagonal share (eval_test.json, counted apart).
+  with open(os.path.join(str(tmp_path / 'replicas'), 'eval_test.json')) as f:
+    for r, report in enumerate(json.load(f)['replicas']):
+      confusion = np.array(report['confusion_matrix'])
+      assert summary['test_accuracy_replicas'][r] == pytest.approx(np.trace(confusion) / confusion.sum())
   # The replicas really differ from each other (own init and data order).
   first_kernel = jax.tree.leaves(stacked)[0]
   assert not np.allclose(first_kernel[0], first_kernel[1])
@@ -42,5 +49,11 @@ def test_replicated_run_resumes_and_logs_per_replica_metrics(tmp_path):
   assert again['steps_trained'] == 0 and len(again['test_loss_replicas']) == 2
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     record = json.loads(f.readline())
-  assert len(record['loss_replicas']) == 2
-  assert record['loss'] == pytest.approx(np.mean(record['loss_replicas']), rel=1e-12, abs=0)
+  assert record['step'] == 5 and len(record['loss_replicas']) == 2
+  # Replica r's logged loss is that of the separate run with seed r (5 steps: equal to float tolerance).
+  for r in range(2):
+    single = str(tmp_path / f'seed{r}')
+    train.train(tiny_config(seed=r, **{'train.num_steps': 10, 'train.checkpoint_every': 5}), single)
+    with open(os.path.join(single, 'metrics.jsonl')) as f:
+      assert record['loss_replicas'][r] == pytest.approx(json.loads(f.readline())['loss'], rel=1e-5)
+  assert record['loss'] == pytest.approx((record['loss_replicas'][0] + record['loss_replicas'][1]) / 2, rel=1e-12)

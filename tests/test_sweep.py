@@ -87,8 +87,8 @@ def test_shipped_configs_declare_seed_sweeps():
 
 def test_sweep_parents_never_import_jax_and_name_the_summary_as_train_does():
   """Why sweep.SUMMARY_FILE is its own constant: importing train's would start JAX in every sweep parent."""
-  from jaxlab import logging, search, train
-  assert sweep.SUMMARY_FILE == train.SUMMARY_FILE and search.METRICS_FILE == logging.METRICS_FILE
+  from jaxlab import train
+  assert sweep.SUMMARY_FILE == train.SUMMARY_FILE
   spec = os.path.join(ROOT, 'configs', 'mnist1d', 'cnn.py')
   code = (f'import sys; from jaxlab import results, search, sweep; sweep.resolve({spec!r}, sweep.load({spec!r})); '
           'print("jax" in sys.modules)')
@@ -194,6 +194,15 @@ def test_sweep_runs_every_point_reports_failures_and_restarts(tmp_path):
   assert 'sweep: 5 points, 3 already finished, 2 to run' in again.stdout
   assert 'Resuming from step 5' in (interrupted / 'launch.log').read_text()
   assert json.loads((interrupted / 'summary.json').read_text())['steps_trained'] == 5
+
+  # The same sweep asked for more steps: refused in one line before anything runs or is rewritten.
+  manifest = (workdir / 'sweep.json').read_text()
+  changed = launch(*args[:-1], '--config.train.num_steps=12')
+  assert changed.returncode == 2 and 'Traceback' not in changed.stderr
+  assert changed.stderr.strip().splitlines() == [
+      f'error: sweep point learning_rate=0.01,seed=0 in {workdir} ran with another config: '
+      'train.num_steps (10 -> 12). Use another --workdir for the changed sweep.']
+  assert (workdir / 'sweep.json').read_text() == manifest and 'num_steps=12' not in (interrupted / 'launch.log').read_text()
 
 
 def test_a_run_that_stopped_early_is_finished(tmp_path):

@@ -86,9 +86,15 @@ def test_batchnorm_statistics_update_in_training_and_are_used_in_eval():
   new_state, _ = jax.jit(task.train_step)(state, batch)
   for old, new in zip(jax.tree.leaves(state.model_state), jax.tree.leaves(new_state.model_state)):
     assert not np.allclose(old, new)
-  # Eval reads the running statistics and never changes them; the same batch gives the same sums.
-  a, b = task.eval_step(new_state, batch), task.eval_step(new_state, batch)
-  np.testing.assert_array_equal(a['loss'], b['loss'])
+  # Eval reads the running statistics: its loss is the cross-entropy of the train=False logits.
+  sums = task.eval_step(new_state, batch)
+  new_variables = {'params': new_state.params, **new_state.model_state}
+  logits = task.model.apply(new_variables, batch['x'], train=False)
+  expected = np.sum(optax.softmax_cross_entropy_with_integer_labels(logits, batch['y']) * batch['mask'])
+  np.testing.assert_allclose(sums['loss'], expected, rtol=1e-5)
+  batch_logits, _ = task.model.apply(new_variables, batch['x'], train=True, mutable=['batch_stats'])
+  assert not np.isclose(np.sum(optax.softmax_cross_entropy_with_integer_labels(batch_logits, batch['y'])
+                               * batch['mask']), expected, rtol=1e-3)
 
 
 def test_standin_cifar10_resnet_trains_end_to_end(tmp_path):

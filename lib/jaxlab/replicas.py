@@ -7,12 +7,12 @@ order, so its numbers match a separate run with that seed (within float toleranc
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import numpy as np
 
-from jaxlab.data.arrays import ArraySource, Batch
+from jaxlab.data import Batch, Source
 from jaxlab.state import TrainState
 from jaxlab.tasks.base import Metrics, Task
 
@@ -29,14 +29,25 @@ class ReplicatedSource:
   Evaluation batches are shared: every replica sees the same examples.
   """
 
-  base: ArraySource
+  base: Source
   num_replicas: int
 
   def __post_init__(self):
     self._copies = [dataclasses.replace(self.base, seed=self.base.seed + r) for r in range(self.num_replicas)]
 
-  def __getattr__(self, name: str) -> Any:  # eval_splits, num_classes, example_batch, eval_batches ...
-    return getattr(self.base, name)
+  @property
+  def num_classes(self) -> int:
+    return self.base.num_classes
+
+  @property
+  def eval_splits(self) -> list[str]:
+    return self.base.eval_splits
+
+  def example_batch(self) -> Batch:
+    return self.base.example_batch()
+
+  def eval_batches(self, split: str) -> Iterator[Batch]:
+    return self.base.eval_batches(split)
 
   def train_batches(self, start_step: int) -> Iterator[Batch]:
     for batches in zip(*(copy.train_batches(start_step) for copy in self._copies)):

@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 import ml_collections
+import numpy as np
 
 from jaxlab.data.arrays import ArraySource
 from jaxlab.errors import ConfigError
 
 if TYPE_CHECKING:
   from jaxlab.data.pipeline import GrainSource
+
+
+Batch = dict[str, np.ndarray]
+
+
+class Source(Protocol):
+  """What the loop reads from a data source; every wrapper (replicas.ReplicatedSource) spells it out."""
+
+  num_classes: int
+
+  @property
+  def eval_splits(self) -> list[str]:
+    ...
+
+  def example_batch(self) -> Batch:
+    """One training example with a batch dimension, for initialising models (shapes matter)."""
+
+  def train_batches(self, start_step: int) -> Iterator[Batch]:
+    """This host's rows of the global batches of steps start_step, start_step + 1, ..."""
+
+  def eval_batches(self, split: str) -> Iterator[Batch]:
+    """The whole split in order, padded to full batches; 'mask' marks the real examples."""
 
 
 def make_source(cfg: ml_collections.ConfigDict, seed: int) -> ArraySource | GrainSource:

@@ -96,6 +96,9 @@ class Augment:
 
 
 _LATEST_ORDER: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
+# Mixed into the seed of every epoch order, so no other use of (seed, epoch) as numpy entropy
+# draws the same numbers; SeedSequence([seed, epoch]) never equals that of [seed', epoch'] either.
+EPOCH_ORDER_DOMAIN = 0x6A61786C  # 'jaxl'
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -106,7 +109,7 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   """
   latest = _LATEST_ORDER.get((seed, n))
   if latest is None or latest[0] != epoch:
-    latest = (epoch, np.random.default_rng([seed, epoch]).permutation(n))
+    latest = (epoch, np.random.default_rng([EPOCH_ORDER_DOMAIN, seed, epoch]).permutation(n))
     _LATEST_ORDER[(seed, n)] = latest
   return latest[1]
 

@@ -63,15 +63,16 @@ class Classification:
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
     """Sums over real examples: loss, correct, top-5 correct (over 5 classes), and the confusion matrix."""
     logits = self.model.apply({'params': state.params, **state.model_state}, batch['x'], train=False)
-    mask = batch['mask']
+    real = batch['mask'] > 0
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['y'])
     predicted = jnp.argmax(logits, -1)
-    sums = {'loss': jnp.sum(loss * mask), 'accuracy': jnp.sum((predicted == batch['y']) * mask),
-            'count': jnp.sum(mask)}
+    # Counts in int32: float32 sums are exact only up to 2**24 examples.
+    count = lambda hits: jnp.sum(hits & real, dtype=jnp.int32)
+    sums = {'loss': jnp.sum(jnp.where(real, loss, 0.0)), 'accuracy': count(predicted == batch['y']),
+            'count': count(jnp.ones_like(real))}
     if self.num_classes > 5:
-      top5 = jnp.any(jax.lax.top_k(logits, 5)[1] == batch['y'][:, None], axis=-1)
-      sums['top5_accuracy'] = jnp.sum(top5 * mask)
+      sums['top5_accuracy'] = count(jnp.any(jax.lax.top_k(logits, 5)[1] == batch['y'][:, None], axis=-1))
     # confusion[true, predicted] as a matmul: O(batch * classes^2) memory would not fit ImageNet.
-    truth = jax.nn.one_hot(batch['y'], self.num_classes) * mask[:, None]
-    sums['confusion'] = truth.T @ jax.nn.one_hot(predicted, self.num_classes)
+    truth = jax.nn.one_hot(batch['y'], self.num_classes, dtype=jnp.int32) * real[:, None]
+    sums['confusion'] = truth.T @ jax.nn.one_hot(predicted, self.num_classes, dtype=jnp.int32)
     return sums

@@ -1,0 +1,167 @@
+"""Checkpoints verify their content, a corrupt newest one falls back to an older one, and resume
+compares the checkpoint's own config."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from jaxlab import checkpoint, train
+from jaxlab.errors import ConfigError
+
+
+def _state(seed=0):
+  rng = np.random.default_rng(seed)
+  return {'w': rng.normal(size=(64, 96)).astype(np.float32), 'b': rng.normal(size=96).astype(np.float32),
+          'step': np.int32(7), 'key': np.array([3, 4], np.uint32)}
+
+
+def _data_files(step_dir):
+  """The array data files of a saved state (orbax/ocdbt keeps them in folders named d), largest first."""
+  found = [os.path.join(root, f) for root, _, files in os.walk(os.path.join(step_dir, 'state')) for f in files
+           if os.path.basename(root) == 'd']
+  return sorted(found, key=os.path.getsize, reverse=True)
+
+
+def _saved(directory, steps=(1, 2)):
+  ckpt = checkpoint.Checkpointer(str(directory), keep=5, warn=lambda text: None)
+  for step in steps:
+    ckpt.save(step, _state(step), {'seed': 0})
+  ckpt.close()
+  return directory
+
+
+def _restore(directory, warnings):
+  ckpt = checkpoint.Checkpointer(str(directory), keep=5, warn=warnings.append)
+  try:
+    return ckpt.restore_newest_good(jax.tree.map(np.zeros_like, _state()), lambda step, config: None)
+  finally:
+    ckpt.close()
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.int32, np.uint8, jnp.bfloat16, np.bool_])
+def test_checksum_changes_with_any_single_bit(dtype):
+  values = np.random.default_rng(0).integers(0, 2, size=300).astype(dtype)
+  reference = checkpoint.checksum({'x': values})
+  raw = values.view(np.uint8)
+  for bit in np.random.default_rng(1).choice(raw.size * 8, size=40, replace=False):
+    flipped = raw.copy()
+    flipped[bit // 8] ^= np.uint8(1 << (bit % 8))
+    if dtype == np.bool_ and flipped[bit // 8] > 1:
+      continue  # not a valid bool
+    checksum = checkpoint.checksum({'x': flipped.view(values.dtype)})
+    assert checksum != reference, f'bit {bit} went unnoticed'
+  # Swapping two different values changes it too (a plain sum would not see it).
+  swapped = values.copy()
+  i, j = np.flatnonzero(values != values[0])[0], 0
+  swapped[[i, j]] = swapped[[j, i]]
+  assert checkpoint.checksum({'x': swapped}) != reference
+
+
+def test_a_bit_flip_anywhere_in_the_data_is_caught_or_harmless(tmp_path):
+  original = _saved(tmp_path / 'original')
+  data = _data_files(original / '2')
+  assert data, 'no data files found'
+  caught_by_checksum = 0
+  for position in np.linspace(0, os.path.getsize(data[0]) - 1, 12).astype(int):
+    copy = tmp_path / f'flip{position}'
+    shutil.copytree(original, copy)
+    path = _data_files(copy / '2')[0]
+    with open(path, 'r+b') as f:
+      f.seek(position)
+      byte = f.read(1)[0]
+      f.seek(position)
+      f.write(bytes([byte ^ 0x10]))
+    warnings = []
+    step, state, _ = _restore(copy, warnings)
+    if step == 2:  # the flip hit bytes that do not change the content: it must then be bitwise the saved one
+      assert not warnings
+      for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(_state(2))):
+        np.testing.assert_array_equal(a, b)
+    else:  # never a silently different state: step 2 is refused, moved aside, and step 1 restored intact
+      assert step == 1 and len(warnings) == 1 and 'checkpoint 2' in warnings[0]
+      caught_by_checksum += 'checksum mismatch' in warnings[0]
+      np.testing.assert_array_equal(state['w'], _state(1)['w'])
+      assert os.listdir(copy) == ['1'] and os.listdir(tmp_path / 'corrupt')[0].startswith('2-')
+    shutil.rmtree(tmp_path / 'corrupt', ignore_errors=True)
+  assert caught_by_checksum > 0, 'no flip reached the array data; the test is not testing the checksum'
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'delete'])
+def test_a_truncated_or_missing_data_file_falls_back_to_the_step_before(tmp_path, damage):
+  directory = _saved(tmp_path / 'ckpt')
+  for path in _data_files(directory / '2'):
+    if damage == 'truncate':
+      with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+    else:
+      os.remove(path)
+  warnings = []
+  step, state, _ = _restore(directory, warnings)
+  assert step == 1 and len(warnings) == 1 and 'checkpoint 2' in warnings[0] and 'moved it aside' in warnings[0]
+  np.testing.assert_array_equal(state['b'], _state(1)['b'])
+  assert sorted(os.listdir(tmp_path / 'corrupt'))[0].startswith('2-')
+
+
+def test_no_intact_checkpoint_is_one_line_saying_so(tmp_path):
+  directory = _saved(tmp_path / 'ckpt')
+  for step in ('1', '2'):
+    for path in _data_files(directory / step):
+      os.remove(path)
+  with pytest.raises(checkpoint.CorruptCheckpointError, match=r'none of the 2 checkpoint\(s\) .* is intact'):
+    _restore(directory, [])
+
+
+def _final_params(config, workdir):
+  captured = {}
+  train.train(config, workdir, hooks=[lambda step, state: captured.update(params=jax.device_get(state.params))])
+  return captured['params']
+
+
+def test_a_run_whose_newest_checkpoint_is_corrupt_resumes_from_the_one_before(tmp_path, capsys):
+  config = tiny_config(**{'train.num_steps': 20, 'train.checkpoint_every': 10})
+  reference = _final_params(config, str(tmp_path / 'reference'))
+  workdir = tmp_path / 'run'
+  train.train(config, str(workdir))
+  for path in _data_files(workdir / 'checkpoints' / '20'):
+    with open(path, 'r+b') as f:
+      f.truncate(10)
+  capsys.readouterr()
+  resumed = _final_params(config, str(workdir))
+  captured = capsys.readouterr()
+  assert 'checkpoint 20' in captured.err and 'trying the one before' in captured.err
+  assert 'Resuming from step 10' in captured.out
+  # Steps 11-20 trained again from the intact step 10: bitwise the uninterrupted run (20 steps, CPU).
+  for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert os.listdir(workdir / 'corrupt')[0].startswith('20-')
+
+
+def test_resume_compares_the_checkpoints_own_config_when_config_json_is_gone(tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train(tiny_config(), workdir)
+  os.remove(os.path.join(workdir, 'config.json'))
+  with pytest.raises(ConfigError, match=r'checkpoint of step 20 .* different config: optimizer\.learning_rate'):
+    train.train(tiny_config(**{'optimizer.learning_rate': 0.5}), workdir)
+  # Another model shape is the same one line, not an orbax shape traceback.
+  with pytest.raises(ConfigError, match=r'model\.channels \(25 -> 9\)'):
+    train.train(tiny_config(**{'model.channels': 9}), workdir)
+
+
+@pytest.mark.parametrize('content', ['', '{"seed": ', '\x00\x01garbage'])
+def test_an_empty_or_truncated_config_json_does_not_lock_the_workdir(tmp_path, content, capsys):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config()
+  first = train.train(config, workdir)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(content)
+  again = train.train(config, workdir)
+  assert again['steps_trained'] == 0 and again['test_accuracy'] == first['test_accuracy']
+  assert 'ignoring the unreadable' in capsys.readouterr().err
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['seed'] == 0  # rewritten whole
