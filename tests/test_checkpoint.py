@@ -165,3 +165,48 @@ def test_an_empty_or_truncated_config_json_does_not_lock_the_workdir(tmp_path, c
   assert 'ignoring the unreadable' in capsys.readouterr().err
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['seed'] == 0  # rewritten whole
+
+
+DISK_FULL = '''
+import os, resource, sys, time
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from jaxlab import train
+from jaxlab.errors import JaxlabError
+workdir = {workdir!r}
+
+def fill_disk(step, state):
+  # From step 15 no file of this process may grow past what the logs need: the checkpoint of
+  # step 20 (tens of KB) fails in orbax's background writer, as on a full disk.
+  if step == 15:
+    while not os.path.exists(os.path.join(workdir, 'checkpoints', '10', 'commit_success.txt')):
+      time.sleep(0.01)  # step 10's save, still in the background on a busy machine, must succeed
+    logs = [os.path.join(workdir, 'metrics.jsonl')] + [os.path.join(workdir, 'tensorboard', f)
+                                                      for f in os.listdir(os.path.join(workdir, 'tensorboard'))]
+    largest = max(map(os.path.getsize, logs))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (largest + 4000, resource.RLIM_INFINITY))
+
+try:
+  train.train(tiny_config(**{{'train.num_steps': 40, 'train.checkpoint_every': 10, 'train.log_every': 1}}), workdir,
+              hooks=[fill_disk, lambda step, state: print('STEP', step, flush=True)])
+except JaxlabError as e:
+  print('ERROR', e, flush=True)
+'''
+
+
+def test_a_failed_background_save_is_reported_at_once_with_the_last_good_step(tmp_path):
+  import subprocess
+  import sys
+  from conftest import ROOT
+  workdir = str(tmp_path / 'run')
+  code = DISK_FULL.format(tests=os.path.join(ROOT, 'tests'), workdir=workdir)
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+  lines = proc.stdout.splitlines()
+  errors = [line for line in lines if line.startswith('ERROR ')]
+  assert len(errors) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert errors[0].startswith('ERROR saving the checkpoint of step 20 failed (')
+  assert 'File too large' in errors[0] and errors[0].endswith(f'last good checkpoint: step 10 in {workdir}/checkpoints')
+  # Reported at the first step after the background write ended, not at the next save (step 30) or the end.
+  last_step = max(int(line.split()[1]) for line in lines if line.startswith('STEP '))
+  assert 20 <= last_step < 30
+  assert checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3).latest_step() == 10

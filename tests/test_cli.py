@@ -69,6 +69,15 @@ def test_end_to_end_run_writes_metrics_events_checkpoint_and_summary(tmp_path):
     ([*FAST, '--config.data.validation_size=200', '--config.train.num_steps=2',
       '--config.train.early_stopping_metric=validation_acc', '--workdir={tmp}/w'],
      "'validation_acc' is not among the validation metrics: validation_accuracy, validation_loss"),
+    (['--config.data.train_split=1.5', '--workdir={tmp}/w'], 'data.train_split must be in (0, 1)'),
+    (['--config.model.channels=0', '--workdir={tmp}/w'], "model 'cnn1d': channels must be positive, got 0"),
+    (['--config.data.num_samples=0', '--workdir={tmp}/w'], 'data.num_samples 0 with train_split 0.8 leaves an empty'),
+    (['--config.seed=-1', '--workdir={tmp}/w'], 'seed must be in [0, 2147483647], got -1'),
+    (['--config.seed=99999999999999999999', '--workdir={tmp}/w'], 'seed must be in [0, 2147483647], got 9999'),
+    (['--workdir='], '--workdir is empty'),
+    (['sweep', '--workdir='], '--workdir is empty'),
+    (['bench', '--bench_steps=0'], '--bench_steps must be >= 1, got 0'),
+    (['bench', '--bench_repeats=0'], '--bench_repeats must be >= 1, got 0'),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   (tmp_path / 'file').write_text('')
@@ -78,7 +87,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   assert proc.returncode == 2, proc.stderr
   assert 'Traceback' not in proc.stderr
   lines = proc.stderr.strip().splitlines()
-  assert lines[-1].startswith('error: ') and message.format(tmp=tmp_path) in lines[-1], proc.stderr
+  assert len(lines) == 1 and lines[0].startswith('error: ') and message.format(tmp=tmp_path) in lines[0], proc.stderr
 
 
 def test_changed_config_in_existing_workdir_is_refused_then_restart_allows_it(tmp_path):
@@ -154,3 +163,15 @@ def test_bench_refuses_data_its_hand_loop_cannot_read():
   proc = _launch('bench', '--config=configs/cifar10/resnet20.py', '--config.data.name=standin')
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert proc.stderr.strip() == "error: bench: the hand loop reads in-memory MNIST-1D arrays; data.name is 'standin'"
+
+
+def test_malformed_metrics_lines_are_dropped_with_a_warning(tmp_path):
+  workdir = tmp_path / 'run'
+  assert _launch(*FAST, '--config.train.num_steps=10', '--config.train.checkpoint_every=5', f'--workdir={workdir}').returncode == 0
+  metrics = workdir / 'metrics.jsonl'
+  good = metrics.read_bytes()
+  metrics.write_bytes(good + b'[1, 2]\n{"step": "x", "split": "train"}\n\xff\xfe\x00garbage\n')
+  proc = _launch(*FAST, '--config.train.num_steps=10', '--config.train.checkpoint_every=5', f'--workdir={workdir}')
+  assert proc.returncode == 0 and 'Traceback' not in proc.stderr, proc.stderr
+  assert 'dropped 3 unreadable line(s)' in proc.stderr
+  assert metrics.read_bytes() == good

@@ -80,3 +80,19 @@ def test_workdir_under_a_file_is_not_writable(tmp_path):
 
 def test_differing_keys_of_nested_dicts():
   assert config_lib.differing_keys({'a': {'b': 1, 'c': 2}}, {'a': {'b': 1, 'c': 3}, 'd': 0}) == ['a.c', 'd']
+
+
+def test_restart_on_a_read_only_filesystem_is_one_line(tmp_path, monkeypatch):
+  import errno
+  workdir = str(tmp_path / 'run')
+  config_lib.prepare_workdir(workdir, tiny_config()).release()
+  config_lib.save(workdir, tiny_config())
+
+  def read_only(src, dst):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), src)
+
+  monkeypatch.setattr(os, 'rename', read_only)
+  with pytest.raises(ConfigError, match=r'^--restart could not move .*/run aside to .*/run\.old-\d+-\d+: '
+                                        r'Read-only file system$'):
+    config_lib.prepare_workdir(workdir, tiny_config(seed=3), restart=True)
+  config_lib.prepare_workdir(workdir, tiny_config()).release()  # and the workdir is not left locked

@@ -70,8 +70,11 @@ def checksum(tree: Any) -> list[list[int]]:
 
 
 def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return f'{type(error).__name__}: {text.splitlines()[0][:300]}' if text else type(error).__name__
+  """The error's first line; a long one keeps its start and its end, where orbax puts the OS cause."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ''
+  if len(text) > 300:
+    text = f'{text[:140]} ... {text[-140:]}'
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
 
 
 class Checkpointer:
@@ -97,7 +100,7 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, config: dict[str, Any], **extra: Any) -> None:
     """Starts writing `state` at `step` (asynchronously); `extra` values come back from `read_meta`."""
-    self.check()
+    self.wait()  # orbax would wait for the previous save here anyway; settle whether it succeeded
     meta = {'checksum': checksum(state), **extra}
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
                               meta=ocp.args.JsonSave(meta))
@@ -113,16 +116,9 @@ class Checkpointer:
                                f'last good checkpoint: {last}')
 
   def check(self) -> None:
-    """Raises CheckpointSaveError as soon as a background save has failed; cheap when none is pending."""
-    if self._pending is None:
-      return
-    try:
-      self._manager.check_for_errors()
-    except Exception as e:  # noqa: BLE001
-      step, self._pending = self._pending, None
-      raise self._save_error(step, e) from None
-    if not self._manager.is_saving_in_progress():
-      self.last_good, self._pending = self._pending, None
+    """Raises CheckpointSaveError as soon as a background save has ended in failure; cheap otherwise."""
+    if self._pending is not None and not self._manager.is_saving_in_progress():
+      self.wait()  # ended: returns at once, or raises the save's error (orbax reports it nowhere else)
 
   def wait(self) -> None:
     """Blocks until the pending save is on disk (or raises CheckpointSaveError)."""
@@ -130,10 +126,10 @@ class Checkpointer:
       return
     try:
       self._manager.wait_until_finished()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - orbax re-raises whatever its writer threads hit
       step, self._pending = self._pending, None
       raise self._save_error(step, e) from None
-    self.check()
+    self.last_good, self._pending = self._pending, None
 
   def read_meta(self, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(config, meta) saved at `step`; CorruptCheckpointError if they cannot be read."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -303,19 +304,17 @@ class _Run:
         f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh {dict(self.program.mesh.shape)}, '
         f'workdir {self.workdir}')
     try:
-      results, signal_name, stopped_early = self.loop(hooks)
-      # A stopped run reports no evaluation: an earlier one must not pass for its final result.
-      results = {} if signal_name else self._final_results(results, stopped_early)
-      self.ckpt.wait()
-    except OSError as e:  # a full disk, a vanished mount: say what and where, keep the traceback out
+      with contextlib.ExitStack() as closing:  # closed in reverse, also when the loop fails
+        for resource in (self.best, self.ckpt, self.writer, self.progress):
+          if resource is not None:
+            closing.callback(resource.close)
+        results, signal_name, stopped_early = self.loop(hooks)
+        # A stopped run reports no evaluation: an earlier one must not pass for its final result.
+        results = {} if signal_name else self._final_results(results, stopped_early)
+        self.ckpt.wait()
+    except OSError as e:  # a full disk, a vanished mount (also while closing): one line, no traceback
       raise JaxlabError(f'writing {e.filename or "the workdir"} failed: {e.strerror or e}; '
                         f'last good checkpoint: {self._last_good()}') from None
-    finally:
-      self.progress.close()
-      self.writer.close()
-      self.ckpt.close()
-      if self.best is not None:
-        self.best.close()
     return self._summary(results, signal_name, stopped_early, time.perf_counter() - began)
 
   def _final_results(self, results: dict[str, dict[str, float]], stopped_early: bool) -> dict[str, dict[str, float]]:
