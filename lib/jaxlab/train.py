@@ -209,7 +209,11 @@ class _Run:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, program: _Program):
     self.config, self.workdir, self.program = config, workdir, program
     self.ckpt = checkpoint.Checkpointer(str(epath.Path(workdir) / 'checkpoints'), config.train.keep_checkpoints)
-    self.start, self.state = _restore_or_init(program, self.ckpt, config, workdir)
+    try:
+      self.start, self.state = _restore_or_init(program, self.ckpt, config, workdir)
+    except BaseException:  # a refused config, no intact checkpoint, a signal during start-up
+      self.ckpt.close()
+      raise
     stop.arm()
     if jax.process_index() == 0:
       config_lib.save(workdir, config)
