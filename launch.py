@@ -19,7 +19,7 @@ import traceback
 from jaxlab import stop
 
 PARENT_COMMANDS = ('sweep', 'search', 'results', 'tpu')  # they start runs and handle signals themselves
-if __name__ == '__main__' and sys.argv[1:2] not in ([c] for c in PARENT_COMMANDS):
+if __name__ == '__main__' and sys.argv[1:2] not in [[c] for c in PARENT_COMMANDS]:
   # First thing: from here on SIGTERM or a Ctrl-C during start-up exits 0 instead of a traceback.
   stop.install()
 
@@ -163,6 +163,7 @@ def _run(command: str) -> None:
 
 def _sweep_or_results(command: str, argv: list[str]) -> None:
   from jaxlab import results, search, sweep
+  stop.uninstall()  # installed when the command came after the flags; the sweep handles signals itself
   spec = config_flags.get_config_filename(flags.FLAGS['config'])
   common = config_flags.get_override_values(flags.FLAGS['config'])
   launcher = (sys.executable, os.path.abspath(__file__))
