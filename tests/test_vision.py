@@ -91,10 +91,9 @@ def test_batchnorm_statistics_update_in_training_and_are_used_in_eval():
   new_variables = {'params': new_state.params, **new_state.model_state}
   logits = task.model.apply(new_variables, batch['x'], train=False)
   expected = np.sum(optax.softmax_cross_entropy_with_integer_labels(logits, batch['y']) * batch['mask'])
-  np.testing.assert_allclose(sums['loss'], expected, rtol=1e-5)
+  np.testing.assert_allclose(sums['loss'], expected, rtol=1e-6)
   batch_logits, _ = task.model.apply(new_variables, batch['x'], train=True, mutable=['batch_stats'])
-  assert not np.isclose(np.sum(optax.softmax_cross_entropy_with_integer_labels(batch_logits, batch['y'])
-                               * batch['mask']), expected, rtol=1e-3)
+  assert np.abs(batch_logits - logits).max() > 1e-4  # batch statistics would give other logits
 
 
 def test_standin_cifar10_resnet_trains_end_to_end(tmp_path):
