@@ -28,6 +28,14 @@ def tiny_config(name: str = 'cnn', **overrides):
   return config
 
 
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One fresh persistent XLA cache for the session's in-process runs, as launch.py uses one: runs
+  that differ only in seed or workdir compile the same programs."""
+  from jaxlab import parallel
+  parallel.enable_compilation_cache(str(tmp_path_factory.mktemp('xla_cache')))
+
+
 @pytest.fixture
 def python():
   return sys.executable

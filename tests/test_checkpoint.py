@@ -125,9 +125,8 @@ def _final_params(config, workdir):
 
 def test_a_run_whose_newest_checkpoint_is_corrupt_resumes_from_the_one_before(tmp_path, capsys):
   config = tiny_config(**{'train.num_steps': 20, 'train.checkpoint_every': 10})
-  reference = _final_params(config, str(tmp_path / 'reference'))
   workdir = tmp_path / 'run'
-  train.train(config, str(workdir))
+  reference = _final_params(config, str(workdir))  # the uninterrupted run, whose newest checkpoint is then damaged
   for path in _data_files(workdir / 'checkpoints' / '20'):
     with open(path, 'r+b') as f:
       f.truncate(10)

@@ -60,20 +60,21 @@ def test_replicated_run_resumes_and_logs_per_replica_metrics(tmp_path):
 
 
 def test_replica_and_separate_run_accuracies_are_exchangeable_past_the_bitwise_horizon(tmp_path):
-  """At 1,000 MLP steps replicas and separate runs no longer agree bitwise (README: Many seeds), so the
-  claim for full runs is statistical: the two sets of accuracies look like samples of one distribution."""
+  """At 600 MLP steps replicas and separate runs no longer agree bitwise (that holds to ~300 steps; README:
+  Many seeds), so the claim for full runs is statistical: the two sets of accuracies look like samples of
+  one distribution."""
   from jaxlab import config as config_lib
   from conftest import ROOT
-  seeds = 6
+  seeds = 5
 
   def mlp(**overrides):
     config = config_lib.load(os.path.join(ROOT, 'configs', 'mnist1d', 'mlp.py'))
-    for key, value in {'train.num_steps': 1000, 'train.log_every': 1000, 'train.eval_every': 1000,
-                       'train.checkpoint_every': 1000, **overrides}.items():
+    for key, value in {'train.num_steps': 600, 'train.log_every': 600, 'train.eval_every': 600,
+                       'train.checkpoint_every': 600, **overrides}.items():
       config_lib.set_value(config, key, value)
     return config
 
-  together = np.array(train.train(mlp(num_replicas=seeds), str(tmp_path / 'x6'))['test_accuracy_replicas'])
+  together = np.array(train.train(mlp(num_replicas=seeds), str(tmp_path / 'x5'))['test_accuracy_replicas'])
   apart = np.array([train.train(mlp(seed=s), str(tmp_path / f's{s}'))['test_accuracy'] for s in range(seeds)])
   assert not np.array_equal(together, apart)  # past the horizon: not the same numbers
   assert len(set(together)) > 1 and len(set(apart)) > 1  # each replica its own seed

@@ -9,7 +9,7 @@ import time
 from conftest import LAUNCH, ROOT, launch
 
 ARGS = ['--config.data.num_samples=1000', '--config.data.batch_size=40', '--config.data.eval_batch_size=200',
-        '--config.model.channels=8', '--config.train.num_steps=3000', '--config.train.log_every=20',
+        '--config.model.channels=8', '--config.train.num_steps=1000', '--config.train.log_every=20',
         '--config.train.eval_every=500', '--config.train.checkpoint_every=500']
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 
 import ml_collections
@@ -12,13 +13,22 @@ from jaxlab.data.arrays import ArraySource, split_off
 from jaxlab.errors import ConfigError
 
 
+@functools.lru_cache(maxsize=4)
 def generate(num_samples: int = 5000, train_split: float = 0.8) -> dict[str, np.ndarray]:
-  """The dataset from mnist1d's own generator and default arguments (4000 train / 1000 test)."""
+  """The dataset from mnist1d's own generator and default arguments (4000 train / 1000 test).
+
+  Cached per process (read-only arrays): generating takes 3-4 s on 2 cores, and several runs in one
+  process (tests, `bench --bench_replicas`) would each pay it.
+  """
   from mnist1d.data import get_dataset_args, make_dataset  # imports matplotlib: keep it lazy
   args = get_dataset_args()
   args.num_samples, args.train_split = num_samples, train_split
   with contextlib.redirect_stdout(io.StringIO()):
-    return make_dataset(args)
+    data = make_dataset(args)
+  for value in data.values():
+    if isinstance(value, np.ndarray):
+      value.setflags(write=False)
+  return data
 
 
 def load(cfg: ml_collections.ConfigDict, seed: int) -> ArraySource:
