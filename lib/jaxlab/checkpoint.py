@@ -98,8 +98,9 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, config: dict[str, Any], **extra: Any) -> None:
-    """Starts writing `state` at `step` (asynchronously); `extra` values come back from `read_meta`."""
+  def save(self, step: int, state: Any, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Starts writing `state` at `step` (asynchronously); returns the meta saved with it (checksum and
+    `extra`, which `read_meta` gives back later)."""
     self.wait()  # orbax would wait for the previous save here anyway; settle whether it succeeded
     meta = {'checksum': checksum(state), **extra}
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
@@ -109,6 +110,7 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for one failed write
       raise self._save_error(step, e) from None
     self._pending = step
+    return meta
 
   def _save_error(self, step: int, error: BaseException) -> CheckpointSaveError:
     last = f'step {self.last_good} in {self.directory}' if self.last_good is not None else 'none'

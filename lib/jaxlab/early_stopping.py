@@ -57,10 +57,9 @@ class BestCheckpoint:
     if not self._better(value):
       return False
     # The value travels inside the same save as the state: no separate record can go stale.
-    self._ckpt.save(step, state, config, best_value=value, best_metric=self.metric)
+    self._meta = self._ckpt.save(step, state, config, best_value=value, best_metric=self.metric)
     self._ckpt.wait()
     self.step, self.value = step, value
-    _, self._meta = self._ckpt.read_meta(step)
     return True
 
   def should_stop(self, step: int) -> bool:

@@ -153,11 +153,15 @@ def _restore_or_init(program: _Program, ckpt: checkpoint.Checkpointer, config: m
   return 0, jax.jit(program.task.init, out_shardings=program.state_sharding)(program.rng, program.example)
 
 
+def _one_step_in_flight() -> bool:
+  """Several CPU devices of one process abort in an all-reduce rendezvous once a few hundred
+  steps are queued (2 simulated devices on 2 cores, measured); one step in flight avoids it."""
+  return jax.default_backend() == 'cpu' and jax.local_device_count() > 1
+
+
 def _evaluator(program: _Program, eval_sums: dict[str, Any]) -> Callable[[TrainState], dict[str, dict[str, float]]]:
   """evaluate(state) -> {split: metrics}; each split's raw sums are kept in `eval_sums` for the final report."""
-  # Several CPU devices of one process abort in an all-reduce rendezvous once a few hundred
-  # steps are queued (2 simulated devices on 2 cores, measured); one step in flight avoids it.
-  one_in_flight = jax.default_backend() == 'cpu' and jax.local_device_count() > 1
+  one_in_flight = _one_step_in_flight()
 
   def evaluate(state: TrainState) -> dict[str, dict[str, float]]:
     results = {}
@@ -233,7 +237,8 @@ class _Run:
 
   def flush(self) -> None:
     """Reads the summed step metrics off the devices; stops the run on a non-finite loss."""
-    values = jax.device_get(self.totals)
+    # One fetch: the summed metrics and the rate the optimizer applied, read from its state.
+    values, rates = jax.device_get((self.totals, optim.learning_rates(self.state.opt_state)))
     count = int(values['count'])
     if not count:
       return
@@ -242,8 +247,7 @@ class _Run:
                                f'training stopped. Last good checkpoint: {self._last_good()}')
     means = _report({k: v / count for k, v in values['sums'].items()}, self.program.per_replica)
     now = time.perf_counter()
-    # The rate the optimizer applied in this step, read from its state, not recomputed here.
-    means.update({k: float(np.mean(v)) for k, v in jax.device_get(optim.learning_rates(self.state.opt_state)).items()})
+    means.update({k: float(np.mean(v)) for k, v in rates.items()})
     means['steps_per_sec'] = count / max(now - self.clock - self.paused, 1e-9)
     self.writer.write(self.step, 'train', means)
     self.progress.update(self.step, means, means['steps_per_sec'])
@@ -275,7 +279,7 @@ class _Run:
   def loop(self, hooks: Sequence[Hook]) -> tuple[dict[str, dict[str, float]], str | None, bool]:
     """Trains to the end, a stop signal or early stopping; returns (last evaluation, signal, stopped early)."""
     t, program = self.config.train, self.program
-    one_in_flight = jax.default_backend() == 'cpu' and jax.local_device_count() > 1  # see _evaluator
+    one_in_flight = _one_step_in_flight()
     batches = _device_batches(program, self.step, t.device_prefetch)
     results, signal_name = {}, None
     stopped_early = self.best is not None and self.best.should_stop(self.step)
