@@ -5,6 +5,8 @@
   python launch.py sweep   --config=... [--config.a.b=value ...] [--workdir=DIR] [--parallel=N]
   python launch.py search  --config=... [--trials=20] [--parallel=N] [--metric=validation_accuracy] [--direction=maximize]
   python launch.py results SWEEP_WORKDIR [--metric=test_accuracy]
+  python launch.py sample  --workdir=DIR [--prompt=TEXT --num_tokens=N --temperature=T --top_k=K --seed=S
+                           --num_samples=M --checkpoint=newest|best]   (a language-model run)
   python launch.py tpu     --tpu=NAME --zone=ZONE [...] -- <launch.py arguments>   (see jaxlab/tpu.py)
 
 Multi-process runs: --coordinator_address/--num_processes/--process_id (or JAXLAB_* env vars);
@@ -28,7 +30,7 @@ from ml_collections import config_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, 'configs', 'mnist1d', 'cnn.py')
-COMMANDS = ('train', 'bench', 'sweep', 'search', 'results')
+COMMANDS = ('train', 'bench', 'sweep', 'search', 'results', 'sample')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, `path.py` or `path.py:arg`.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config dir>-<config name>).')
@@ -44,6 +46,14 @@ _TRIALS = flags.DEFINE_integer('trials', 20, 'search: trials the study should ho
 _DIRECTION = flags.DEFINE_enum('direction', None, ['maximize', 'minimize'],
                                'search: default minimize for a *loss metric, else maximize.')
 _SEARCH_SEED = flags.DEFINE_integer('search_seed', 0, "search: the TPE sampler's seed.")
+_PROMPT = flags.DEFINE_string('prompt', '\n', 'sample: the text to continue (default: a newline).')
+_NUM_TOKENS = flags.DEFINE_integer('num_tokens', 500, 'sample: tokens to generate per sample.')
+_TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'sample: softmax temperature; 0 is greedy.')
+_TOP_K = flags.DEFINE_integer('top_k', 0, 'sample: draw only from the k likeliest tokens (0: all).')
+_SAMPLE_SEED = flags.DEFINE_integer('seed', 0, 'sample: the random seed; the same seed gives the same text.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'sample: how many texts.')
+_CHECKPOINT = flags.DEFINE_enum('checkpoint', 'newest', ['newest', 'best'],
+                                'sample: the newest checkpoint, or the best one kept by early stopping.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: index of this process.')
@@ -126,6 +136,9 @@ def main(argv: list[str]) -> None:
     if command in ('sweep', 'search', 'results'):  # parents of runs: they never start a JAX backend
       _sweep_or_results(command, argv)
       return
+    if command == 'sample':
+      _sample()
+      return
     _run(command)
   except JaxlabError as e:
     _fail(str(e), e.exit_code)
@@ -159,6 +172,19 @@ def _run(command: str) -> None:
   summary = train.train(config, workdir, restart=_RESTART.value)
   if lead:
     print(train.format_summary(summary), flush=True)
+
+
+def _sample() -> None:
+  from jaxlab import parallel, sample
+  from jaxlab.errors import ConfigError
+  if not _WORKDIR.value:
+    raise ConfigError('sample needs --workdir, the run to sample from')
+  parallel.enable_compilation_cache()
+  step, texts = sample.from_workdir(_WORKDIR.value, _PROMPT.value, _NUM_TOKENS.value, _TEMPERATURE.value, _TOP_K.value,
+                                    _SAMPLE_SEED.value, _NUM_SAMPLES.value, _CHECKPOINT.value)
+  for i, text in enumerate(texts):
+    print(f'--- sample {i + 1}/{len(texts)} | {_CHECKPOINT.value} checkpoint, step {step} | seed {_SAMPLE_SEED.value} ---')
+    print(text, flush=True)
 
 
 def _sweep_or_results(command: str, argv: list[str]) -> None:

@@ -211,7 +211,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, l1=0.0, l2=0.0))  # l1/l2: penalties on kernels
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adam', learning_rate=1e-2, schedule='constant', warmup_steps=0, final_lr_fraction=0.0,
-      step_boundaries=(0.5, 0.75), step_factor=0.1, weight_decay=0.0, grad_clip_norm=0.0,
+      step_boundaries=(0.5, 0.75), step_factor=0.1, weight_decay=0.0, decay_matrices_only=False, grad_clip_norm=0.0,
       momentum=0.9, b1=0.9, b2=0.999, eps=1e-8,
       decay=0.9, rmsprop_momentum=0.0))  # rmsprop's own: optax's and torch's default is no momentum
   c.train = ml_collections.ConfigDict(dict(

@@ -11,6 +11,18 @@ from etils import epath
 
 
 METRICS_FILE = 'metrics.jsonl'
+SHOWCASE_DIR = 'samples'
+
+
+def _write_png(path: epath.Path, image: Any) -> None:
+  import io
+
+  import numpy as np
+  from PIL import Image
+  image = np.asarray(image)
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format='png')
+  path.write_bytes(buffer.getvalue())  # also into a bucket (gs://)
 
 
 def parse_line(line: str | bytes) -> dict[str, Any] | None:
@@ -74,6 +86,26 @@ class MetricWriter:
       if isinstance(value, float):  # per-replica lists stay in metrics.jsonl
         self._tb.add_scalar(f'{split}/{name}', value, step)
 
+  def write_showcase(self, step: int, items: Mapping[str, Any]) -> list[str]:
+    """Texts (str) and images (HWC uint8 arrays) a task shows at evaluation: files under samples/ and
+    TensorBoard's text and image tabs. Returns the files written."""
+    if not self.enabled:
+      return []
+    folder = self._path.parent / SHOWCASE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, item in items.items():
+      if isinstance(item, str):
+        path = folder / f'step_{step:08d}_{name}.txt'
+        path.write_text(item)
+        self._tb.add_text(name, f'```\n{item}\n```', step)  # a code block keeps line breaks in TensorBoard
+      else:
+        path = folder / f'step_{step:08d}_{name}.png'
+        _write_png(path, item)
+        self._tb.add_image(name, item, step, dataformats='HWC')
+      written.append(str(path))
+    return written
+
   def flush(self) -> None:
     """Puts the TensorBoard events written so far on disk (metrics.jsonl is flushed at every write)."""
     if self.enabled:
@@ -107,7 +139,8 @@ class Progress:
       return
     if self._bar is not None:
       self._bar.update(step - self._step)
-      self._bar.set_postfix(loss=f'{metrics["loss"]:.4f}', refresh=False)
+      extra = {'tok/s': f'{metrics["tokens_per_sec"]:.0f}'} if 'tokens_per_sec' in metrics else {}
+      self._bar.set_postfix(loss=f'{metrics["loss"]:.4f}', **extra, refresh=False)
     else:
       eta = (self.total - step) / steps_per_sec if steps_per_sec > 0 else float('nan')
       shown = {k: v for k, v in metrics.items() if k != 'steps_per_sec'}

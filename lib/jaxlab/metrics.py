@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from etils import epath
@@ -47,15 +47,20 @@ def summarize(sums: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return means
 
 
+Summarize = Callable[[Mapping[str, Any]], dict[str, np.ndarray]]
+
+
 def _floats(values: Mapping[str, np.ndarray]) -> dict[str, float]:
   return {k: float(v) for k, v in values.items()}
 
 
-def report(sums: Mapping[str, Any]) -> dict[str, Any]:
+def report(sums: Mapping[str, Any], summary: Summarize) -> dict[str, Any]:
   """Everything about one split as JSON data: the scalars, per-class rates and the confusion matrix."""
+  if 'confusion' not in sums:
+    return _floats(summary(sums))
   confusion = np.asarray(sums['confusion'])
   rates = per_class(confusion)
-  return {**_floats(summarize(sums)), 'classes': [str(i) for i in range(len(confusion))], 'per_class': {k: v.tolist() for k, v in rates.items()},
+  return {**_floats(summary(sums)), 'classes': [str(i) for i in range(len(confusion))], 'per_class': {k: v.tolist() for k, v in rates.items()},
           'confusion_matrix': confusion.astype(np.int64).tolist()}
 
 
@@ -88,19 +93,20 @@ def plot_confusion(confusion: np.ndarray, path: str, title: str) -> None:
   epath.Path(path).write_bytes(image.getvalue())  # also into a bucket (gs://)
 
 
-def save(workdir: str, split: str, sums: Mapping[str, Any], step: int) -> list[str]:
+def save(workdir: str, split: str, sums: Mapping[str, Any], step: int, summary: Summarize = summarize) -> list[str]:
   """Writes <workdir>/eval_<split>.json and, with a confusion matrix, confusion_<split>.png; returns the paths.
 
-  Sums with a leading replica axis (vmapped seeds) are reported per replica; the plot shows their sum.
+  `summary` turns sums into metrics (a task's own rule). Sums with a leading replica axis
+  (vmapped seeds) are reported per replica; the plot shows their sum.
   """
   json_path = str(epath.Path(workdir) / f'eval_{split}.json')
   sums = {k: np.asarray(v) for k, v in sums.items()}
   if sums['count'].ndim:
     replicas = [{k: v[r] for k, v in sums.items()} for r in range(len(sums['count']))]
-    data = {'step': step, 'split': split, 'replicas': [report(s) if 'confusion' in s else _floats(summarize(s)) for s in replicas]}
+    data = {'step': step, 'split': split, 'replicas': [report(s, summary) for s in replicas]}
     sums = {k: v.sum(0) for k, v in sums.items()}
   else:
-    data = {'step': step, 'split': split, **(report(sums) if 'confusion' in sums else _floats(summarize(sums)))}
+    data = {'step': step, 'split': split, **report(sums, summary)}
   epath.Path(json_path).write_text(json.dumps(data, indent=1))
   if 'confusion' not in sums:
     return [json_path]

@@ -38,6 +38,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> tuple[opta
   """The optax chain: clipping, coupled weight decay (decoupled for adamw), the update rule."""
   schedule = make_schedule(cfg, num_steps)
   name = cfg.name
+  # nanoGPT's rule: decay matrices (kernels, embeddings), not biases or LayerNorm/BatchNorm scales.
+  decayed = (lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)) if cfg.decay_matrices_only else None
   if name == 'sgd':
     factory = lambda learning_rate: optax.sgd(learning_rate)
   elif name in ('momentum', 'nesterov'):
@@ -46,7 +48,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> tuple[opta
     factory = lambda learning_rate: optax.adam(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
   elif name == 'adamw':
     factory = lambda learning_rate: optax.adamw(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                                                weight_decay=cfg.weight_decay)
+                                                weight_decay=cfg.weight_decay, mask=decayed)
   elif name == 'rmsprop':
     factory = lambda learning_rate: optax.rmsprop(learning_rate, decay=cfg.decay, eps=cfg.eps,
                                                   momentum=cfg.rmsprop_momentum or None)
@@ -59,7 +61,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> tuple[opta
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
   if cfg.weight_decay > 0 and name != 'adamw':
     # Coupled L2 decay, as torch's `weight_decay` argument does for SGD and Adam.
-    parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decayed))
   parts.append(rule)
   return optax.chain(*parts), schedule
 

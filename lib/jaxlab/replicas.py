@@ -12,6 +12,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from jaxlab import metrics
 from jaxlab.data import Batch, Source
 from jaxlab.state import TrainState
 from jaxlab.tasks.base import Metrics, Task
@@ -68,3 +69,7 @@ class ReplicatedTask:
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
     return jax.vmap(self.base.eval_step, in_axes=(0, None))(state, batch)
+
+  def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The base task's rule; it works elementwise, so the replica axis is kept."""
+    return getattr(self.base, 'summarize', metrics.summarize)(sums)

@@ -104,14 +104,18 @@ class _Program:
   train_step: Callable
   eval_step: Callable
 
+  def summarize(self, sums: dict[str, Any]) -> dict[str, Any]:
+    """Evaluation sums -> metrics: the task's own rule (perplexity...) where it has one."""
+    return getattr(self.task, 'summarize', metrics.summarize)(sums)
 
-def _build(config: ml_collections.ConfigDict) -> _Program:
+
+def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Program:
   mesh = parallel.make_mesh(config.mesh)
   dp = parallel.data_parallel_size(mesh)
   for key in ('batch_size', 'eval_batch_size'):
     config_lib.require(config.data[key] % dp == 0,
                        f'data.{key} {config.data[key]} is not divisible by the {dp} devices of the data axis')
-  source = data.make_source(config.data, config.seed)
+  source = data.make_source(config.data, config.seed, workdir)
   config_lib.require(not config.train.early_stopping_metric or 'validation' in source.eval_splits,
                      'train.early_stopping_metric needs a validation split: set data.validation_size > 0')
   task = tasks.make(config, source)
@@ -173,7 +177,7 @@ def _evaluator(program: _Program, eval_sums: dict[str, Any]) -> Callable[[TrainS
         if one_in_flight:
           jax.block_until_ready(sums)
       eval_sums[split] = jax.device_get(sums)
-      results[split] = _report(metrics.summarize(eval_sums[split]), program.per_replica)
+      results[split] = _report(program.summarize(eval_sums[split]), program.per_replica)
     return results
   return evaluate
 
@@ -199,7 +203,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
   lock = None
   try:
     lock = config_lib.prepare_workdir(workdir, config, restart=restart)
-    return _Run(config, workdir, _build(config)).run(hooks)
+    return _Run(config, workdir, _build(config, workdir)).run(hooks)
   finally:
     if lock is not None:
       lock.release()
@@ -249,6 +253,8 @@ class _Run:
     now = time.perf_counter()
     means.update({k: float(np.mean(v)) for k, v in rates.items()})
     means['steps_per_sec'] = count / max(now - self.clock - self.paused, 1e-9)
+    for unit, per_step in getattr(self.program.task, 'items_per_step', {}).items():
+      means[f'{unit}_per_sec'] = means['steps_per_sec'] * per_step
     self.writer.write(self.step, 'train', means)
     self.progress.update(self.step, means, means['steps_per_sec'])
     self.totals, self.clock, self.paused = self.program.zero_totals(), now, 0.0
@@ -269,6 +275,9 @@ class _Run:
     for split, values in results.items():
       self.writer.write(self.step, split, values)
       self.progress.message(f'step {self.step} {split}: {format_metrics(values)}')
+    showcase = getattr(self.program.task, 'showcase', None)
+    if showcase is not None:
+      self.writer.write_showcase(self.step, showcase(self.state))
     stopped_early = False
     if self.best is not None:
       self.best.update(self.step, results, self.state, config_lib.to_dict(self.config))
@@ -351,7 +360,7 @@ class _Run:
       (epath.Path(self.workdir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
       report_step = best.step if best is not None and best.step is not None else self.step
       for split, sums in (self.eval_sums.items() if results else ()):
-        metrics.save(self.workdir, split, sums, report_step)  # per-class metrics, confusion matrix JSON and PNG
+        metrics.save(self.workdir, split, sums, report_step, self.program.summarize)  # JSON; confusion matrix PNG
     return summary
 
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import Iterator, Protocol
 
 import ml_collections
 import numpy as np
 
-from jaxlab.data.arrays import ArraySource
 from jaxlab.errors import ConfigError
-
-if TYPE_CHECKING:
-  from jaxlab.data.pipeline import GrainSource
 
 
 Batch = dict[str, np.ndarray]
@@ -36,8 +32,11 @@ class Source(Protocol):
     """The whole split in order, padded to full batches; 'mask' marks the real examples."""
 
 
-def make_source(cfg: ml_collections.ConfigDict, seed: int) -> ArraySource | GrainSource:
-  """The source named by `cfg.name`: 'mnist1d', 'tfds' (image datasets) or 'standin' (test images)."""
+def make_source(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None = None) -> Source:
+  """The source named by `cfg.name`: 'mnist1d', 'tfds' (image datasets), 'standin' (test images) or 'text'.
+
+  `workdir`: where a source keeps what resuming and sampling must reuse (the text vocabulary).
+  """
   # Imported on demand: the default MNIST-1D job must not pay for grain and TFDS imports.
   if cfg.name == 'mnist1d':
     from jaxlab.data import mnist1d
@@ -45,4 +44,7 @@ def make_source(cfg: ml_collections.ConfigDict, seed: int) -> ArraySource | Grai
   if cfg.name in ('tfds', 'standin'):
     from jaxlab.data import vision
     return vision.load(cfg, seed)
-  raise ConfigError(f'unknown data.name {cfg.name!r}; choose from mnist1d, standin, tfds')
+  if cfg.name == 'text':
+    from jaxlab.data import text
+    return text.load(cfg, seed, workdir)
+  raise ConfigError(f'unknown data.name {cfg.name!r}; choose from mnist1d, standin, tfds, text')

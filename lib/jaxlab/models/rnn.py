@@ -1,4 +1,4 @@
-"""Recurrent classifiers over a sequence (GRU, LSTM or simple RNN cells)."""
+"""Recurrent networks (GRU, LSTM or simple RNN cells): a sequence classifier and a language model."""
 
 import flax.linen as nn
 import jax
@@ -37,3 +37,40 @@ class RNNClassifier(nn.Module):
     y = layer(x)
     y = y.reshape(y.shape[0], -1) if self.readout == 'flatten' else y[:, -1]
     return nn.Dense(self.num_classes)(y)
+
+
+class RNNLM(nn.Module):
+  """A character-RNN language model: embedding, `num_layers` recurrent layers, logits over the vocabulary.
+
+  With decode=True it reads one token per call and carries each layer's state in the 'cache'
+  collection (made as for the GPT: a call on (batch, length) zeros with mutable=['cache']).
+  """
+
+  vocab_size: int
+  cell: str = 'lstm'
+  hidden: int = 128
+  num_layers: int = 2
+  embedding: int = 0  # width of the token embedding; 0: the hidden size
+  dropout: float = 0.0  # between layers, as char-rnn
+
+  def validate(self) -> None:
+    checks.one_of('cell', self.cell, CELLS)
+    checks.positive(hidden=self.hidden, num_layers=self.num_layers)
+    checks.rate(dropout=self.dropout)
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, train: bool = False, decode: bool = False) -> jax.Array:
+    x = nn.Embed(self.vocab_size, self.embedding or self.hidden, name='token_embedding')(tokens)
+    for i in range(self.num_layers):
+      layer = nn.RNN(CELLS[self.cell](self.hidden), name=f'layer_{i}')
+      if decode:
+        ready = self.has_variable('cache', f'carry_{i}')
+        carry = self.variable('cache', f'carry_{i}', layer.cell.initialize_carry, jax.random.key(0), x[:, 0].shape)
+        if ready:
+          carry.value, x = layer(x, initial_carry=carry.value, return_carry=True)
+        else:
+          x = layer(x)
+      else:
+        x = layer(x)
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.vocab_size, name='head')(x)
