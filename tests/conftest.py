@@ -28,6 +28,44 @@ def tiny_config(name: str = 'cnn', **overrides):
   return config
 
 
+LM_MODELS = {  # tiny versions of configs/shakespeare_char/<name>.py
+    'gpt': {'model.num_layers': 1, 'model.num_heads': 2, 'model.width': 16},
+    'bert': {'model.num_layers': 1, 'model.num_heads': 2, 'model.width': 16},
+    'lstm': {'model.hidden': 16, 'model.num_layers': 2},
+}
+
+
+def write_corpus(path, num_words: int = 4000, seed: int = 0) -> str:
+  """A made-up ASCII text (words of a 26-letter alphabet, punctuation, line breaks) at `path`."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  words = [''.join(rng.choice(list('abcdefghijklmnopqrstuvwxyz'), rng.integers(1, 8))) for _ in range(300)]
+  text = ' '.join(rng.choice(words, num_words)).replace('a ', 'a.\n').replace('e ', 'e, ')
+  with open(path, 'w') as f:
+    f.write(text)
+  return str(path)
+
+
+def tiny_lm_config(corpus: str, name: str = 'gpt', **overrides):
+  """configs/shakespeare_char/<name>.py, a tiny model on the text at `corpus`, 20 steps."""
+  from jaxlab import config as config_lib
+  config = config_lib.load(os.path.join(ROOT, 'configs', 'shakespeare_char', f'{name}.py'))
+  settings = {'data.path': corpus, 'data.block_size': 16, 'data.batch_size': 8, 'data.eval_windows': 40,
+              'data.eval_batch_size': 20, 'train.num_steps': 20, 'train.log_every': 5, 'train.eval_every': 10,
+              'train.checkpoint_every': 10, 'optimizer.warmup_steps': 2, **LM_MODELS[name]}
+  if 'sample' in config:
+    settings['sample.num_tokens'] = 24
+  settings.update(overrides)
+  for key, value in settings.items():
+    config_lib.set_value(config, key, value)
+  return config
+
+
+@pytest.fixture
+def corpus(tmp_path):
+  return write_corpus(tmp_path / 'corpus.txt')
+
+
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache(tmp_path_factory):
   """One fresh persistent XLA cache for the session's in-process runs, as launch.py uses one: runs

@@ -12,14 +12,17 @@ from conftest import ROOT
 TRAIN_AND_DUMP = '''
 import sys, jax, numpy as np
 sys.path.insert(0, {tests!r})
-from conftest import tiny_config
+from conftest import tiny_config, tiny_lm_config, write_corpus
 from jaxlab import train
 assert jax.device_count() == {devices}, jax.devices()
-config = tiny_config(name={name!r}, **{{'train.num_steps': 12, 'train.eval_every': 6, 'data.batch_size': 48,
-                                       'data.eval_batch_size': 200}})
+settings = {{'train.num_steps': 12, 'train.eval_every': 6, 'data.batch_size': 48}}
+if {name!r} == 'gpt':
+  config = tiny_lm_config(write_corpus({corpus!r}), **settings, **{{'data.eval_batch_size': 40}})
+else:
+  config = tiny_config(name={name!r}, **settings, **{{'data.eval_batch_size': 200}})
 summary = train.train(config, {workdir!r}, hooks=[lambda step, state: step == 12 and np.savez(
     {out!r}, *[np.asarray(x) for x in jax.tree.leaves(state.params)])])
-print('ACCURACY', summary['test_accuracy'])
+print('METRIC', summary['validation_loss' if {name!r} == 'gpt' else 'test_accuracy'])
 '''
 
 
@@ -27,23 +30,26 @@ def _run(tmp_path, devices: int, name: str) -> tuple[list[np.ndarray], float]:
   out = str(tmp_path / f'{name}-{devices}.npz')
   env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAX_PLATFORMS': 'cpu'}
   code = TRAIN_AND_DUMP.format(tests=os.path.join(ROOT, 'tests'), devices=devices, name=name,
-                               workdir=str(tmp_path / f'{name}-{devices}'), out=out)
+                               workdir=str(tmp_path / f'{name}-{devices}'), out=out, corpus=str(tmp_path / 'corpus.txt'))
   proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"mesh {{'data': {devices}, 'model': 1}}" in proc.stdout
-  accuracy = float(proc.stdout.split('ACCURACY')[1].split()[0])
+  metric = float(proc.stdout.split('METRIC')[1].split()[0])
   with np.load(out) as f:
-    return [f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))], accuracy
+    return [f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))], metric
 
 
-@pytest.mark.parametrize('name', ['cnn', 'gru'])
+@pytest.mark.parametrize('name', ['cnn', 'gru', 'gpt'])
 def test_one_and_eight_devices_agree(tmp_path, name):
-  one, acc_one = _run(tmp_path, 1, name)
-  eight, acc_eight = _run(tmp_path, 8, name)
+  one, metric_one = _run(tmp_path, 1, name)
+  eight, metric_eight = _run(tmp_path, 8, name)
   assert len(one) == len(eight)
   for a, b in zip(one, eight):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  assert abs(acc_one - acc_eight) <= 0.005  # at most one of 200 test examples flips
+  if name == 'gpt':  # validation loss over 40 fixed windows
+    assert abs(metric_one - metric_eight) <= 1e-5 * metric_one
+  else:
+    assert abs(metric_one - metric_eight) <= 0.005  # at most one of 200 test examples flips
 
 
 def test_prefetch_places_batches_on_the_mesh_in_order_and_reads_only_size_ahead():
