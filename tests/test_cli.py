@@ -159,10 +159,11 @@ def test_a_signal_during_start_up_exits_0_without_a_traceback(tmp_path, signum):
   assert not (tmp_path / 'run' / 'checkpoints').exists() and 'Starting' not in stdout
 
 
-def test_bench_refuses_data_its_hand_loop_cannot_read():
-  proc = _launch('bench', '--config=configs/cifar10/resnet20.py', '--config.data.name=standin')
+def test_bench_refuses_tasks_its_hand_loop_cannot_compute():
+  proc = _launch('bench', '--config=configs/shakespeare_char/bert.py')
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
-  assert proc.stderr.strip() == "error: bench: the hand loop reads in-memory MNIST-1D arrays; data.name is 'standin'"
+  assert proc.stderr.strip() == ("error: bench: the hand loop computes the loss of classification and "
+                                 "language_model; task is 'masked_lm'")
 
 
 def test_malformed_metrics_lines_are_dropped_with_a_warning(tmp_path):

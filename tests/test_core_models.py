@@ -91,3 +91,53 @@ def test_unknown_model_and_attribute():
     _model(dict(name='cnn1d', chanels=3))
   with pytest.raises(ConfigError, match="model 'rnn': unknown cell 'grux'; choose from gru, lstm, simple"):
     _model(dict(name='rnn', cell='grux'))
+
+
+def _count(model, x):
+  return sum(p.size for p in jax.tree.leaves(model.init(jax.random.PRNGKey(0), x)['params']))
+
+
+def test_transformer_parameter_counts():
+  """Counted by hand: per block two LayerNorms, qkv (3w^2), the output projection (w^2) and the MLP (8w^2)."""
+  gpt = _model(dict(name='gpt', block_size=64, num_layers=4, num_heads=4, width=128, use_bias=False))
+  w, layers, vocab = 128, 4, 10  # _model passes num_classes=10 as the GPT's vocab_size
+  per_block = 2 * w + 12 * w * w
+  # tied embeddings: no output matrix; nanoGPT's CPU config reports 0.80M excluding the 64 x 128 position table
+  assert _count(gpt, jnp.zeros((1, 64), jnp.int32)) == vocab * w + 64 * w + layers * per_block + w
+  vit = _model(dict(name='vit', patch_size=4, num_layers=2, num_heads=2, width=32))
+  w, tokens = 32, 7 * 7 + 1
+  per_block = 4 * w + (12 * w * w + 9 * w)  # with biases: LayerNorm scales and offsets, qkv 3w, out w, MLP 4w + w
+  expected = (4 * 4 * 1 * w + w) + w + tokens * w + 2 * per_block + 2 * w + (w * 10 + 10)
+  assert _count(vit, jnp.zeros((1, 28, 28, 1))) == expected
+
+
+def test_vit_learns_a_fixed_batch_of_images():
+  rng = np.random.default_rng(0)
+  batch = {'x': jnp.asarray(rng.normal(size=(16, 8, 8, 1)), jnp.float32), 'y': jnp.asarray(rng.integers(0, 10, 16))}
+  for pool in ('cls', 'mean'):
+    model = _model(dict(name='vit', patch_size=4, num_layers=1, num_heads=2, width=16, pool=pool))
+    task = Classification(model, optax.adam(1e-2), num_classes=10)
+    state = task.init(jax.random.PRNGKey(0), batch)
+    step = jax.jit(task.train_step)
+    state, first = step(state, batch)
+    for _ in range(60):
+      state, metrics = step(state, batch)
+    assert float(metrics['loss']) < 0.3 * float(first['loss'])
+
+
+@pytest.mark.parametrize('cfg, message', [
+    (dict(name='gpt', width=30, num_heads=4), "model 'gpt': width 30 is not divisible by num_heads 4"),
+    (dict(name='vit', pool='max'), "model 'vit': unknown pool 'max'; choose from cls, mean"),
+    (dict(name='rnn_lm', cell='transformer'), "model 'rnn_lm': unknown cell 'transformer'; choose from gru, lstm, simple"),
+    (dict(name='bert', dropout=1.0), "model 'bert': dropout must be in [0, 1), got 1.0"),
+])
+def test_sequence_models_validate_their_attributes(cfg, message):
+  with pytest.raises(ConfigError) as info:
+    _model(cfg)
+  assert str(info.value) == message
+
+
+def test_vit_refuses_images_that_do_not_split_into_patches():
+  model = _model(dict(name='vit', patch_size=5))
+  with pytest.raises(ConfigError, match='images of 28x28 do not split into 5x5 patches'):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
