@@ -10,6 +10,13 @@ shardings:
 * `eval_step(state, batch) -> sums`: metric sums over the batch's real examples (batch['mask'])
   plus 'count'; the loop reports sum / count for every other key.
 
+Optional, used by the loop for any task that has them:
+* `summarize(sums) -> metrics`: evaluation sums to reported metrics (default metrics.summarize);
+  e.g. perplexity = exp(mean loss), which no sum / count gives.
+* `items_per_step`: {unit: count} processed per step; the logs get `<unit>_per_sec` (tokens/s).
+* `showcase(state) -> {name: text or HWC uint8 image}`: written to <workdir>/samples/ and
+  TensorBoard at each evaluation (generated text; later, generated images).
+
 How other families fit the same loop:
 * GAN: `params` and `opt_state` are dicts {'generator': ..., 'discriminator': ...}; the task
   holds two optax transformations and `train_step` updates both.
