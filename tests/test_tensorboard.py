@@ -74,3 +74,23 @@ def test_every_point_up_to_a_checkpoint_is_on_disk_when_the_checkpoint_is(tmp_pa
   assert [step for step, _, _ in seen] == [100, 200, 300]
   for step, on_disk, logged in seen:
     assert on_disk == logged == list(range(5, step + 1, 5)), step
+
+
+def test_showcase_texts_and_images_go_to_files_and_tensorboard(tmp_path):
+  import numpy as np
+  from PIL import Image
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  from jaxlab.logging import MetricWriter
+  image = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+  writer = MetricWriter(str(tmp_path))
+  written = writer.write_showcase(40, {'sample_0': 'To be,\nor not', 'digits': image})
+  writer.close()
+  assert [p.rsplit('/', 1)[1] for p in written] == ['step_00000040_sample_0.txt', 'step_00000040_digits.png']
+  assert (tmp_path / 'samples' / 'step_00000040_sample_0.txt').read_text() == 'To be,\nor not'
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / 'samples' / 'step_00000040_digits.png')), image)
+  events = EventAccumulator(str(tmp_path / 'tensorboard'), size_guidance={'images': 0, 'tensors': 0})
+  events.Reload()
+  shown = events.Images('digits')[0]
+  assert shown.step == 40 and (shown.width, shown.height) == (5, 6)
+  text = events.Tensors('sample_0/text_summary')[0]
+  assert text.step == 40 and 'To be,\nor not' in text.tensor_proto.string_val[0].decode()

@@ -40,7 +40,8 @@ def language_model(config: ml_collections.ConfigDict, source: Any) -> LanguageMo
 
 def masked_lm(config: ml_collections.ConfigDict, source: Any) -> MaskedLM:
   tx, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
-  return MaskedLM(_sequence_model(config, source.num_classes + 1), tx, source.num_classes)
+  return MaskedLM(_sequence_model(config, source.num_classes + 1), tx, source.num_classes,
+                  config.data.batch_size * config.data.block_size)
 
 
 # name -> make(config, source) -> Task. A task of one's own is any such function, named by import path.

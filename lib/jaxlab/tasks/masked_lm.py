@@ -42,10 +42,15 @@ class MaskedLM:
   model: nn.Module  # its vocabulary holds one more id than the text's: the mask token
   tx: optax.GradientTransformation
   vocab_size: int  # of the text
+  tokens_per_step: int
 
   @property
   def mask_id(self) -> int:
     return self.vocab_size
+
+  @property
+  def items_per_step(self) -> dict[str, int]:
+    return {'tokens': self.tokens_per_step}
 
   def init(self, rng: jax.Array, batch: Batch) -> TrainState:
     return init_state(self.model, self.tx, rng, batch['x'])
