@@ -286,3 +286,16 @@ def test_sampling_needs_a_language_model_run_with_a_checkpoint(tmp_path, corpus)
   text.load(tiny_lm_config(corpus, name='bert').data, 0, masked)
   with pytest.raises(ConfigError, match="holds a 'masked_lm' run, which cannot generate"):
     sample.from_workdir(masked, '\n', 5, 1.0, 0, 0, 1)
+
+
+def test_masked_lm_trains_through_the_loop(tmp_path, corpus):
+  config = tiny_lm_config(corpus, name='bert', **{'optimizer.learning_rate': 3e-3, 'train.num_steps': 100, 'data.batch_size': 64,
+                                                  'train.eval_every': 50, 'train.checkpoint_every': 50})
+  summary = train.train(config, str(tmp_path / 'bert'))
+  # a uniform guess scores ln 30 = 3.40 nats; 100 steps learn part of the character frequencies (whose
+  # entropy, 3.18 nats, takes longer to reach)
+  assert summary['validation_loss'] < math.log(len(set(open(corpus).read()))) - 0.1
+  assert summary['validation_perplexity'] == pytest.approx(math.exp(summary['validation_loss']))
+  records = [json.loads(line) for line in open(tmp_path / 'bert' / 'metrics.jsonl')]
+  assert all(abs(r['masked_fraction'] - 0.15) < 0.05 for r in records if r['split'] == 'train')
+  assert not (tmp_path / 'bert' / 'samples').exists()  # a masked LM shows no samples
