@@ -94,7 +94,7 @@ def test_unknown_model_and_attribute():
 
 
 def _count(model, x):
-  return sum(p.size for p in jax.tree.leaves(model.init(jax.random.PRNGKey(0), x)['params']))
+  return sum(p.size for p in jax.tree.leaves(jax.eval_shape(model.init, jax.random.PRNGKey(0), x)['params']))
 
 
 def test_transformer_parameter_counts():
@@ -114,15 +114,25 @@ def test_transformer_parameter_counts():
 def test_vit_learns_a_fixed_batch_of_images():
   rng = np.random.default_rng(0)
   batch = {'x': jnp.asarray(rng.normal(size=(16, 8, 8, 1)), jnp.float32), 'y': jnp.asarray(rng.integers(0, 10, 16))}
-  for pool in ('cls', 'mean'):
-    model = _model(dict(name='vit', patch_size=4, num_layers=1, num_heads=2, width=16, pool=pool))
-    task = Classification(model, optax.adam(1e-2), num_classes=10)
-    state = task.init(jax.random.PRNGKey(0), batch)
-    step = jax.jit(task.train_step)
-    state, first = step(state, batch)
-    for _ in range(60):
-      state, metrics = step(state, batch)
-    assert float(metrics['loss']) < 0.3 * float(first['loss'])
+  model = _model(dict(name='vit', patch_size=4, num_layers=1, num_heads=2, width=16))
+  task = Classification(model, optax.adam(1e-2), num_classes=10)
+  state = task.init(jax.random.PRNGKey(0), batch)
+  step = jax.jit(task.train_step)
+  state, first = step(state, batch)
+  for _ in range(60):
+    state, metrics = step(state, batch)
+  assert float(metrics['loss']) < 0.3 * float(first['loss'])
+
+
+def test_vit_mean_pooling_reads_every_patch_and_has_no_class_token():
+  model = _model(dict(name='vit', patch_size=4, num_layers=1, num_heads=2, width=16, pool='mean'))
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), images)
+  assert 'cls_token' not in variables['params'] and variables['params']['position_embedding'].shape == (4, 16)
+  head = variables['params']['head']['kernel']  # zero at init: give it weights, so every input reaches the output
+  variables['params']['head']['kernel'] = jax.random.normal(jax.random.PRNGKey(1), head.shape)
+  corner = images.at[:, 7, 7, 0].add(1.0)  # a pixel of the last patch only
+  assert np.abs(model.apply(variables, corner) - model.apply(variables, images)).max() > 1e-4
 
 
 @pytest.mark.parametrize('cfg, message', [

@@ -143,7 +143,8 @@ def test_changing_a_later_token_leaves_earlier_logits_unchanged(name):
   params = _params(model)
   tokens = _tokens((2, 12))
   changed = tokens.at[:, 7].set((tokens[:, 7] + 1) % V)
-  a, b = model.apply({'params': params}, tokens), model.apply({'params': params}, changed)
+  forward = jax.jit(model.apply)
+  a, b = forward({'params': params}, tokens), forward({'params': params}, changed)
   np.testing.assert_array_equal(a[:, :7], b[:, :7])
   assert np.abs(a[:, 7:] - b[:, 7:]).max() > 1e-4  # the change is seen from its own position on
 
@@ -154,21 +155,23 @@ def test_the_cached_decoder_gives_the_full_forward_logits_at_every_position(name
   params = _params(model)
   tokens = _tokens((3, 12), seed=1)
   cache = decoding.empty_cache(model, params, 3, 12)
+  decode_one = jax.jit(decoding.decode_one, static_argnums=0)
   stepwise = []
   for t in range(12):
-    logits, cache = decoding.decode_one(model, params, cache, tokens[:, t])
+    logits, cache = decode_one(model, params, cache, tokens[:, t])
     stepwise.append(logits)
   np.testing.assert_allclose(np.stack(stepwise, 1), model.apply({'params': params}, tokens), atol=1e-5, rtol=1e-5)
 
 
 def test_generation_beyond_the_context_matches_a_full_forward_over_the_last_block():
-  model = MODELS['gpt']  # block_size 12; 5 prompt + 20 new tokens slide past it
+  model = MODELS['gpt']  # block_size 12: the cache serves the 12-token prompt and the 13th token, a window the rest
   params = _params(model)
-  prompt = _tokens((2, 5), seed=2)
+  prompt = _tokens((2, 12), seed=2)
   out = np.asarray(decoding.generate(model, params, prompt, jax.random.PRNGKey(0), 20, temperature=0.0))
   expected = np.asarray(prompt)
+  forward = jax.jit(model.apply)
   for _ in range(20):  # greedy decoding the slow way: the whole (cropped) context every token
-    logits = model.apply({'params': params}, jnp.asarray(expected[:, -12:]))[:, -1]
+    logits = forward({'params': params}, jnp.asarray(expected[:, -12:]))[:, -1]
     expected = np.concatenate([expected, np.argmax(logits, -1)[:, None]], 1)
   np.testing.assert_array_equal(out, expected)
 
@@ -253,15 +256,13 @@ def test_an_lm_run_resumes_exactly_and_reports_tokens_per_second(tmp_path, corpu
 def test_sample_command_is_deterministic_and_refuses_bad_input(tmp_path, corpus):
   workdir = str(tmp_path / 'lm')
   train.train(tiny_lm_config(corpus, name='lstm', **{'train.num_steps': 10}), workdir)
-  args = ('sample', f'--workdir={workdir}', '--prompt=the ', '--num_tokens=40', '--num_samples=2')
-  first, again = launch(*args, '--seed=3'), launch(*args, '--seed=3')
+  first = launch('sample', f'--workdir={workdir}', '--prompt=the ', '--num_tokens=40', '--num_samples=2', '--seed=3')
   assert first.returncode == 0, first.stderr
-  assert first.stdout == again.stdout
-  texts = first.stdout.split('--- sample ')[1:]
-  assert len(texts) == 2 and all(t.split('\n', 1)[1].startswith('the ') for t in texts)
-  assert '| newest checkpoint, step 10 | seed 3 ---' in texts[0]
-  _, others = sample.from_workdir(workdir, 'the ', 40, 1.0, 0, 4, 2)
-  assert [t.split('\n', 1)[1].rstrip('\n') for t in texts] != others
+  texts = [t.split('\n', 1)[1].rstrip('\n') for t in first.stdout.split('--- sample ')[1:]]
+  assert len(texts) == 2 and all(t.startswith('the ') and len(t) == 44 for t in texts)
+  assert '--- sample 1/2 | newest checkpoint, step 10 | seed 3 ---' in first.stdout
+  assert sample.from_workdir(workdir, 'the ', 40, 1.0, 0, 3, 2) == (10, texts)  # the same text in another process
+  assert sample.from_workdir(workdir, 'the ', 40, 1.0, 0, 4, 2)[1] != texts
   bad = launch('sample', f'--workdir={workdir}', '--prompt=Z!')
   assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and "--prompt: character(s) '!Z' are not" in bad.stderr
 

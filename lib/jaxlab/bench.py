@@ -93,11 +93,11 @@ def run(config: ml_collections.ConfigDict, steps: int = 2000, repeats: int = 5) 
   for r in range(repeats):
     framework.append(framework_steps_per_sec(config, steps))
     hand.append(hand_loop_steps_per_sec(config, steps))
-    print(f'  repeat {r + 1}: framework {framework[-1]:.0f} steps/s, hand loop {hand[-1]:.0f} steps/s', flush=True)
+    print(f'  repeat {r + 1}: framework {framework[-1]:.4g} steps/s, hand loop {hand[-1]:.4g} steps/s', flush=True)
   result = {'framework_steps_per_sec': statistics.median(framework), 'hand_steps_per_sec': statistics.median(hand)}
   result['time_ratio'] = result['hand_steps_per_sec'] / result['framework_steps_per_sec']
-  print(f'median: framework {result["framework_steps_per_sec"]:.0f} steps/s | hand loop '
-        f'{result["hand_steps_per_sec"]:.0f} steps/s | framework time / hand-loop time = {result["time_ratio"]:.3f}',
+  print(f'median: framework {result["framework_steps_per_sec"]:.4g} steps/s | hand loop '
+        f'{result["hand_steps_per_sec"]:.4g} steps/s | framework time / hand-loop time = {result["time_ratio"]:.3f}',
         flush=True)
   return result
 
