@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxlab.data.pipeline import eval_rows, host_slice
+from jaxlab.data.pipeline import check_batch_sizes, eval_rows, host_slice
 from jaxlab.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
@@ -126,8 +126,8 @@ class TextSource:
       if len(tokens) < self.block_size + 1:
         raise ConfigError(f'the {split} split has {len(tokens)} tokens, fewer than one window of data.block_size + 1 '
                           f'= {self.block_size + 1}; use a smaller block_size or a longer corpus')
-    host_slice(self.batch_size, 0, jax.process_count())
-    host_slice(self.eval_batch_size, 0, jax.process_count())
+    check_batch_sizes(len(self.tokens['train']) - self.block_size, self.batch_size, self.eval_batch_size,
+                      jax.process_count())
     self._window = np.arange(self.block_size + 1)
     last = len(self.tokens['validation']) - self.block_size - 1
     self._eval_offsets = np.linspace(0, last, self.eval_windows).round().astype(np.int64)
@@ -171,8 +171,9 @@ def _vocabulary(cfg: ml_collections.ConfigDict, text: str | None, workdir: str |
   if saved is not None:
     if saved.kind != cfg.vocabulary:
       raise ConfigError(f'{workdir} was trained with a {saved.kind} vocabulary, data.vocabulary is {cfg.vocabulary!r}')
-    if saved.kind == 'char' and set(text) - set(saved.symbols):
-      raise ConfigError(f'{path} holds characters {"".join(sorted(set(text) - set(saved.symbols)))!r} that are not '
+    unknown = set(text) - set(saved.symbols) if saved.kind == 'char' else set()
+    if unknown:
+      raise ConfigError(f'{path} holds characters {"".join(sorted(unknown))!r} that are not '
                         f'in the vocabulary saved in {workdir}')
     return saved
   vocab = Vocabulary.from_text(cfg.vocabulary, text)

@@ -36,32 +36,30 @@ class Attention(nn.Module):
   out_init: nn.initializers.Initializer
 
   @nn.compact
-  def __call__(self, x: jax.Array, decode: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, position: jax.Array | None = None) -> jax.Array:
+    """`position`: decoding one token at this position, with keys and values cached in 'cache'."""
     width = x.shape[-1]
     qkv = nn.DenseGeneral((3, self.num_heads, width // self.num_heads), use_bias=self.use_bias, kernel_init=normal,
                           name='qkv')(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    if decode:
-      k, v, mask = self._cached(k, v)
+    if position is not None:
+      k, v, mask = self._cached(k, v, position)
       y = jax.nn.dot_product_attention(q, k, v, mask=mask)
     else:
       y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
     return nn.DenseGeneral(width, axis=(-2, -1), use_bias=self.use_bias, kernel_init=self.out_init, name='out')(y)
 
-  def _cached(self, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Keys and values of every position so far; the new one written at the cache index."""
+  def _cached(self, k: jax.Array, v: jax.Array, position: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Keys and values of every position so far; the new one written at `position`."""
     ready = self.has_variable('cache', 'key')
     batch, length, heads, dim = k.shape  # at creation `length` is the cache's: the longest sequence to decode
     keys = self.variable('cache', 'key', jnp.zeros, (batch, length, heads, dim), k.dtype)
     values = self.variable('cache', 'value', jnp.zeros, (batch, length, heads, dim), v.dtype)
-    index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
     if not ready:  # the call that creates the cache computes nothing that is used
       return k, v, jnp.ones((1, 1, length, length), bool)
-    i = index.value
-    keys.value = jax.lax.dynamic_update_slice(keys.value, k, (0, i, 0, 0))
-    values.value = jax.lax.dynamic_update_slice(values.value, v, (0, i, 0, 0))
-    index.value = i + 1
-    mask = jnp.arange(keys.value.shape[1]) <= i
+    keys.value = jax.lax.dynamic_update_slice(keys.value, k, (0, position, 0, 0))
+    values.value = jax.lax.dynamic_update_slice(values.value, v, (0, position, 0, 0))
+    mask = jnp.arange(keys.value.shape[1]) <= position
     return keys.value, values.value, mask[None, None, None, :]
 
 
@@ -77,12 +75,12 @@ class Block(nn.Module):
   gelu_approximate: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, decode: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False, position: jax.Array | None = None) -> jax.Array:
     width = x.shape[-1]
     out_init = nn.initializers.normal(0.02 / (2 * self.num_layers) ** 0.5)
     norm = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, name=name)
     drop = nn.Dropout(self.dropout, deterministic=not train)
-    y = Attention(self.num_heads, self.causal, self.use_bias, out_init, name='attention')(norm('ln_1')(x), decode)
+    y = Attention(self.num_heads, self.causal, self.use_bias, out_init, name='attention')(norm('ln_1')(x), position)
     x = x + drop(y)
     y = nn.Dense(self.mlp_ratio * width, use_bias=self.use_bias, kernel_init=normal, name='mlp_in')(norm('ln_2')(x))
     y = nn.gelu(y, approximate=self.gelu_approximate)
@@ -101,10 +99,10 @@ class Encoder(nn.Module):
   gelu_approximate: bool
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, decode: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False, position: jax.Array | None = None) -> jax.Array:
     for i in range(self.num_layers):
       x = Block(self.num_heads, self.num_layers, self.causal, self.dropout, self.use_bias,
-                gelu_approximate=self.gelu_approximate, name=f'block_{i}')(x, train, decode)
+                gelu_approximate=self.gelu_approximate, name=f'block_{i}')(x, train, position)
     return nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, name='ln_final')(x)
 
 
@@ -131,19 +129,17 @@ class GPT(nn.Module):
       raise ConfigError(f'GPT: {tokens.shape[1]} tokens exceed the model.block_size of {self.block_size}')
     embed = nn.Embed(self.vocab_size, self.width, embedding_init=normal, name='token_embedding')
     positions = self.param('position_embedding', normal, (self.block_size, self.width))
-    if decode:
-      ready = self.has_variable('cache', 'position')
-      position = self.variable('cache', 'position', lambda: jnp.zeros((), jnp.int32))
-      if ready:
-        positions = jax.lax.dynamic_slice_in_dim(positions, position.value, 1)
-        position.value += 1
-      else:
-        positions = positions[:tokens.shape[1]]
-    else:
-      positions = positions[:tokens.shape[1]]
+    position, stepping = None, False
+    if decode:  # one counter for the whole model: every layer's cache writes at this position
+      stepping = self.has_variable('cache', 'position')  # False on the call that creates the cache
+      counter = self.variable('cache', 'position', lambda: jnp.zeros((), jnp.int32))
+      position = counter.value
+      if stepping:
+        counter.value = position + 1
+    positions = jax.lax.dynamic_slice_in_dim(positions, position, 1) if stepping else positions[:tokens.shape[1]]
     x = nn.Dropout(self.dropout, deterministic=not train)(embed(tokens) + positions)
     x = Encoder(self.num_layers, self.num_heads, True, self.dropout, self.use_bias, self.gelu_approximate,
-                name='encoder')(x, train, decode)
+                name='encoder')(x, train, position)
     if self.tie_embeddings:
       return embed.attend(x)
     return nn.Dense(self.vocab_size, use_bias=False, kernel_init=normal, name='head')(x)

@@ -29,7 +29,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import optax
 
 from jaxlab.state import TrainState
 
@@ -47,3 +50,13 @@ class Task(Protocol):
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
     ...
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, inputs: jax.Array) -> TrainState:
+  """A fresh TrainState: the model's params and their optimizer state, its other collections (e.g.
+  BatchNorm statistics) as model_state, and the run's RNG."""
+  params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
+  variables = model.init({'params': params_rng, 'dropout': dropout_rng}, inputs, train=False)
+  params = variables.pop('params')
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    model_state=dict(variables), rng=state_rng)

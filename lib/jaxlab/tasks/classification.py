@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlab.state import TrainState
-from jaxlab.tasks.base import Batch, Metrics
+from jaxlab.tasks.base import Batch, Metrics, init_state
 
 
 def weight_penalty(params: Any, l1: float, l2: float) -> jax.Array:
@@ -35,11 +35,7 @@ class Classification:
   l2: float = 0.0
 
   def init(self, rng: jax.Array, batch: Batch) -> TrainState:
-    params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
-    variables = self.model.init({'params': params_rng, 'dropout': dropout_rng}, batch['x'], train=False)
-    params = variables.pop('params')
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
-                      model_state=dict(variables), rng=state_rng)
+    return init_state(self.model, self.tx, rng, batch['x'])
 
   def _loss(self, params, state: TrainState, batch: Batch):
     # Per-step randomness from (run rng, step): identical whether or not the run was resumed.

@@ -19,15 +19,7 @@ import optax
 from jaxlab import decoding, metrics
 from jaxlab.data.text import Vocabulary
 from jaxlab.state import TrainState
-from jaxlab.tasks.base import Batch, Metrics
-
-
-def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, inputs: jax.Array) -> TrainState:
-  """A fresh TrainState for a model without mutable collections (its params, optimizer state, RNG)."""
-  params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
-  params = model.init({'params': params_rng, 'dropout': dropout_rng}, inputs, train=False)['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model_state={},
-                    rng=state_rng)
+from jaxlab.tasks.base import Batch, Metrics, init_state
 
 
 def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads: Any) -> TrainState:

@@ -20,8 +20,8 @@ import optax
 
 from jaxlab import metrics
 from jaxlab.state import TrainState
-from jaxlab.tasks.base import Batch, Metrics
-from jaxlab.tasks.language_model import apply_gradients, init_state, token_sums
+from jaxlab.tasks.base import Batch, Metrics, init_state
+from jaxlab.tasks.language_model import apply_gradients, token_sums
 
 MASK_FRACTION = 0.15
 EVAL_MASK_KEY = 0x6D61736B  # 'mask'
