@@ -6,7 +6,7 @@ scaled by 1/sqrt(2 * num_layers).
 
 Decoding (`decode=True`) feeds one token per call and keeps keys and values in the 'cache'
 collection: create it by calling the model with decode=True on a (batch, max_length) array and
-`mutable=['cache']` (jaxlab.sample does this).
+`mutable=['cache']` (jaxlab.decoding does this).
 """
 
 from __future__ import annotations
