@@ -175,18 +175,23 @@ from jaxlab.errors import JaxlabError
 workdir = {workdir!r}
 
 def fill_disk(step, state):
-  # From step 15 no file of this process may grow past what the logs need: the checkpoint of
-  # step 20 (tens of KB) fails in orbax's background writer, as on a full disk.
+  # From step 15 no file of this process may grow past half the size of step 10's largest
+  # checkpoint file: the checkpoint of step 20 fails in orbax's background writer, as on a full
+  # disk. Nothing is logged before step 40, so the logs (a few KB, some perhaps still buffered)
+  # stay far below the limit whenever they are flushed.
   if step == 15:
-    while not os.path.exists(os.path.join(workdir, 'checkpoints', '10', 'commit_success.txt')):
+    step_10 = os.path.join(workdir, 'checkpoints', '10')
+    while not os.path.exists(os.path.join(step_10, 'commit_success.txt')):
       time.sleep(0.01)  # step 10's save, still in the background on a busy machine, must succeed
-    logs = [os.path.join(workdir, 'metrics.jsonl')] + [os.path.join(workdir, 'tensorboard', f)
-                                                      for f in os.listdir(os.path.join(workdir, 'tensorboard'))]
-    largest = max(map(os.path.getsize, logs))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (largest + 4000, resource.RLIM_INFINITY))
+    sizes = lambda top: [os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(top) for f in fs]
+    limit = max(sizes(step_10)) // 2
+    logs = max(sizes(os.path.join(workdir, 'tensorboard')) + [os.path.getsize(os.path.join(workdir, 'metrics.jsonl'))])
+    assert limit > logs + 8000, (limit, logs)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 
 try:
-  train.train(tiny_config(**{{'train.num_steps': 40, 'train.checkpoint_every': 10, 'train.log_every': 1}}), workdir,
+  train.train(tiny_config(**{{'train.num_steps': 40, 'train.checkpoint_every': 10, 'train.log_every': 0,
+                           'train.eval_every': 0}}), workdir,
               hooks=[fill_disk, lambda step, state: print('STEP', step, flush=True)])
 except JaxlabError as e:
   print('ERROR', e, flush=True)
