@@ -33,7 +33,7 @@ def _run(tmp_path, devices: int, name: str) -> tuple[list[np.ndarray], float]:
                                workdir=str(tmp_path / f'{name}-{devices}'), out=out, corpus=str(tmp_path / 'corpus.txt'))
   proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"mesh {{'data': {devices}, 'model': 1}}" in proc.stdout
+  assert f"mesh {{'data': {devices}, 'fsdp': 1, 'tensor': 1}}" in proc.stdout
   metric = float(proc.stdout.split('METRIC')[1].split()[0])
   with np.load(out) as f:
     return [f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))], metric
@@ -55,7 +55,7 @@ def test_one_and_eight_devices_agree(tmp_path, name):
 def test_prefetch_places_batches_on_the_mesh_in_order_and_reads_only_size_ahead():
   import jax
   from jaxlab import parallel
-  mesh = parallel.make_mesh({'data': -1, 'model': 1})
+  mesh = parallel.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
   sharding = parallel.batch_sharding(mesh)
   read = []
 

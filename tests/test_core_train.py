@@ -88,7 +88,7 @@ def test_each_optimizer_reduces_the_loss(tmp_path, name):
 
 def test_a_mesh_that_does_not_fit_the_devices_is_refused(tmp_path):
   with pytest.raises(ConfigError, match='mesh'):
-    train.train(tiny_config(**{'mesh.model': 3}), str(tmp_path / 'run'))
+    train.train(tiny_config(**{'mesh.tensor': 3}), str(tmp_path / 'run'))
 
 
 def test_batch_size_must_divide_over_the_data_axis(tmp_path):
@@ -97,7 +97,7 @@ def test_batch_size_must_divide_over_the_data_axis(tmp_path):
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'JAX_PLATFORMS': 'cpu'}
   proc = launch('--config.data.batch_size=45', f'--workdir={tmp_path / "run"}', env=env)
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
-  assert proc.stderr.strip() == 'error: data.batch_size 45 is not divisible by the 2 devices of the data axis'
+  assert proc.stderr.strip() == 'error: data.batch_size 45 is not divisible by the 2 devices of the data and fsdp axes'
 
 
 def test_schedule_choices():

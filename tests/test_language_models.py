@@ -217,7 +217,7 @@ class _Uniform(nn.Module):
 def test_a_uniform_model_has_perplexity_vocab_size_and_log2_v_bits_per_char():
   import optax
   vocab = text.Vocabulary.from_text('char', 'abcdefghijklmnopq')  # 17 symbols
-  task = LanguageModel(_Uniform(17), optax.sgd(0.1), vocab, tokens_per_step=1)
+  task = LanguageModel(_Uniform(17), optax.sgd(0.1), vocab, tokens_per_step=1, block_size=1)
   state = task.init(jax.random.PRNGKey(0), {'x': np.zeros((1, 4), np.int32)})
   batch = {'x': _tokens((3, 4)), 'y': _tokens((3, 4), 1), 'mask': np.array([1, 1, 0], np.float32)}
   sums = jax.device_get(task.eval_step(state, batch))

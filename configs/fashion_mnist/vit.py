@@ -12,5 +12,6 @@ from jaxlab import config as config_lib
 def get_config(arg=None):
   del arg
   config = config_lib.call(os.path.join(os.path.dirname(__file__), 'common.py'), 'protocol')
-  config.model = dict(name='vit', patch_size=7, num_layers=4, num_heads=4, width=64, dropout=0.0, pool='cls')
+  config.model = dict(name='vit', patch_size=7, num_layers=4, num_heads=4, width=64, dropout=0.0, pool='cls',
+                      dtype='float32', param_dtype='float32', remat='none')
   return config

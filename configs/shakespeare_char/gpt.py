@@ -11,6 +11,7 @@ def get_config(arg=None):
   del arg
   config = text_config(block_size=64, batch_size=12)
   config.model = dict(name='gpt', block_size=config.data.get_ref('block_size'), num_layers=4, num_heads=4, width=128,
-                      dropout=0.0, use_bias=False, tie_embeddings=True, gelu_approximate=True)
+                      dropout=0.0, use_bias=False, tie_embeddings=True, gelu_approximate=True,
+                      dtype='float32', param_dtype='float32', remat='none')
   nanogpt_protocol(config, num_steps=2000)
   return config

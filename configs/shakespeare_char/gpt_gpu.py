@@ -11,6 +11,7 @@ def get_config(arg=None):
   del arg
   config = text_config(block_size=256, batch_size=64)
   config.model = dict(name='gpt', block_size=config.data.get_ref('block_size'), num_layers=6, num_heads=6, width=384,
-                      dropout=0.2, use_bias=False, tie_embeddings=True, gelu_approximate=True)
+                      dropout=0.2, use_bias=False, tie_embeddings=True, gelu_approximate=True,
+                      dtype='float32', param_dtype='float32', remat='none')
   nanogpt_protocol(config, num_steps=5000)
   return config

@@ -16,6 +16,8 @@ from jaxlab import workdir_lock
 from jaxlab.errors import ConfigError
 
 CONFIG_FILE = 'config.json'
+# How a run is laid out on devices, not what it computes: a run may resume under another mesh.
+LAYOUT_KEYS = ('mesh', 'sharding_rules')
 
 
 def call(spec: str, function: str) -> Any:
@@ -157,8 +159,11 @@ def _holds_a_run(workdir: str) -> bool:
 
 def check_same(saved: dict[str, Any], config: ml_collections.ConfigDict, what: str,
                hint: str = 'Use another --workdir, or pass --restart to move the old run aside and start over.') -> None:
-  """A ConfigError listing the keys (old -> new) where `config` differs from the `saved` one."""
-  keys = differing_keys(saved, to_dict(config))
+  """A ConfigError listing the keys (old -> new) where `config` differs from the `saved` one.
+
+  The layout keys (mesh, sharding rules) may differ: a checkpoint restores onto any mesh.
+  """
+  keys = [k for k in differing_keys(saved, to_dict(config)) if k.split('.')[0] not in LAYOUT_KEYS]
   if not keys:
     return
   saved_flat, new_flat = flatten(saved), flatten(to_dict(config))
@@ -219,6 +224,16 @@ def defaults() -> ml_collections.ConfigDict:
       device_prefetch=2,  # batches copied onto accelerators ahead of the step (0: copy when the step runs)
       # e.g. 'validation_accuracy' (needs data.validation_size); '' is off. Patience counts
       # evaluations without improvement before stopping (0: never stop, still keep the best).
-      early_stopping_metric='', early_stopping_mode='max', early_stopping_patience=0))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+      early_stopping_metric='', early_stopping_mode='max', early_stopping_patience=0,
+      grad_accum_steps=1,  # k > 1: each step sums the gradients of k micro-batches (accumulate.py)
+      peak_flops=0.0))  # per device, for MFU; 0: from the table of chips in flops.py
+  # Devices as a (data, fsdp, tensor) grid; -1: all remaining. The batch is split over data x fsdp.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical parameter dimension -> mesh axis (or None, or a tuple of axes); first match wins (sharding.py).
+  c.sharding_rules = (
+      ('embed', 'fsdp'),      # the model width, in every matrix: ZeRO-3 style parameter sharding
+      ('heads', 'tensor'),    # attention heads: Megatron column-parallel q, k, v and row-parallel output
+      ('mlp', 'tensor'),      # the MLP hidden dimension: column- then row-parallel
+      ('conv_out', 'fsdp'),   # a convolution's output channels
+      ('kv', None), ('vocab', None), ('position', None), ('classes', None), ('conv_in', None))
   return c

@@ -14,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxlab.errors import ConfigError
 
 DATA_AXIS = 'data'
+BATCH_AXES = (DATA_AXIS, 'fsdp')  # the batch is split over both: FSDP is data parallel with sharded parameters
 
 
 def make_mesh(axes: Mapping[str, int]) -> Mesh:
@@ -34,14 +35,18 @@ def make_mesh(axes: Mapping[str, int]) -> Mesh:
   return jax.make_mesh(tuple(sizes), tuple(names), axis_types=auto)
 
 
+def _batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split over the data axis."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Leading (batch) dimension split over the data and fsdp axes."""
+  return NamedSharding(mesh, P(_batch_axes(mesh)))
 
 
 def replica_batch_sharding(mesh: Mesh) -> NamedSharding:
-  """(replicas, batch, ...) arrays: every replica's batch split over the data axis."""
-  return NamedSharding(mesh, P(None, DATA_AXIS))
+  """(replicas, batch, ...) arrays: every replica's batch split over the data and fsdp axes."""
+  return NamedSharding(mesh, P(None, _batch_axes(mesh)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -49,7 +54,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def data_parallel_size(mesh: Mesh) -> int:
-  return mesh.shape[DATA_AXIS]
+  """How many ways the batch is split."""
+  return int(np.prod([mesh.shape[a] for a in _batch_axes(mesh)]))
 
 
 def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> Mapping[str, Any]:

@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxlab import checkpoint, data, early_stopping, metrics, optim, parallel, replicas, stop, tasks
+from jaxlab import accumulate, checkpoint, data, early_stopping, flops, metrics, optim, parallel, replicas, sharding
+from jaxlab import stop, tasks
 from jaxlab import config as config_lib
 from jaxlab.errors import JaxlabError, NonFiniteLossError
 from jaxlab.logging import MetricWriter, Progress, format_metrics
@@ -76,6 +77,8 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   for key in ('log_every', 'eval_every', 'checkpoint_every'):
     config_lib.require(t[key] >= 0, f'train.{key} must be >= 0 (0 means only at the end), got {t[key]}')
   config_lib.require(t.device_prefetch >= 0, f'train.device_prefetch must be >= 0, got {t.device_prefetch}')
+  config_lib.require(t.grad_accum_steps >= 1, f'train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}')
+  config_lib.require(t.peak_flops >= 0, f'train.peak_flops must be >= 0 (0: look the chip up), got {t.peak_flops}')
   config_lib.require(t.keep_checkpoints > 0, f'train.keep_checkpoints must be positive, got {t.keep_checkpoints}')
   for key in ('batch_size', 'eval_batch_size'):
     config_lib.require(config.data[key] > 0, f'data.{key} must be positive, got {config.data[key]}')
@@ -103,22 +106,55 @@ class _Program:
   zero_totals: Callable
   train_step: Callable
   eval_step: Callable
+  flops_per_step: float | None  # model FLOPs of one training step, where the task counts them
+  peak_flops: float | None  # of all devices together, where the chip is known
 
   def summarize(self, sums: dict[str, Any]) -> dict[str, Any]:
     """Evaluation sums -> metrics: the task's own rule (perplexity...) where it has one."""
     return getattr(self.task, 'summarize', metrics.summarize)(sums)
 
+  def memory(self) -> str:
+    """Parameters + optimizer state: in all, and on the most loaded device under this mesh."""
+    total = sharding.total_bytes(self.abstract)
+    per_device = sharding.bytes_per_device(self.abstract, self.state_sharding)
+    return f'state {total / 2**20:.2f} MiB, {per_device / 2**20:.2f} MiB per device'
+
+
+def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: Any) -> None:
+  dp, k = parallel.data_parallel_size(mesh), config.train.grad_accum_steps
+  devices = f'the {dp} devices of the data and fsdp axes'
+  for key, ways, what in (('batch_size', dp * k, devices + (f' times train.grad_accum_steps {k}' if k > 1 else '')),
+                          ('eval_batch_size', dp, devices)):
+    config_lib.require(config.data[key] % ways == 0, f'data.{key} {config.data[key]} is not divisible by {what}')
+
+
+def _state_specs(config: ml_collections.ConfigDict, task: Any, example: Any, mesh: Any) -> Any:
+  """PartitionSpecs of one run's TrainState: parameters by the sharding rules, optimizer state alike."""
+  param_axes = getattr(task, 'param_axes', None)
+  abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)
+  rules = sharding.rules_from_config(config.sharding_rules)
+  return sharding.state_specs(abstract, param_axes(example) if param_axes else None, dict(mesh.shape), rules)
+
+
+def _peak_flops(config: ml_collections.ConfigDict) -> float | None:
+  per_device = config.train.peak_flops or flops.peak_per_device(jax.devices()[0].device_kind,
+                                                                 config.model.get('dtype', 'float32'))
+  return per_device * jax.device_count() if per_device else None
+
 
 def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Program:
   mesh = parallel.make_mesh(config.mesh)
-  dp = parallel.data_parallel_size(mesh)
-  for key in ('batch_size', 'eval_batch_size'):
-    config_lib.require(config.data[key] % dp == 0,
-                       f'data.{key} {config.data[key]} is not divisible by the {dp} devices of the data axis')
+  _check_batch_sizes(config, mesh)
   source = data.make_source(config.data, config.seed, workdir)
   config_lib.require(not config.train.early_stopping_metric or 'validation' in source.eval_splits,
                      'train.early_stopping_metric needs a validation split: set data.validation_size > 0')
   task = tasks.make(config, source)
+  if config.train.grad_accum_steps > 1:
+    task = accumulate.Accumulating(task, config.train.grad_accum_steps)
+  example = source.example_batch()
+  specs = _state_specs(config, task, example, mesh)
+  count_flops = getattr(task, 'flops_per_step', None)
+  flops_per_step = count_flops(jax.eval_shape(task.init, jax.random.PRNGKey(0), example).params) if count_flops else None
   batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
   train_batch_sharding = batch_sharding
   rng = jax.random.PRNGKey(config.seed)
@@ -127,11 +163,13 @@ def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Pr
     source, task = replicas.ReplicatedSource(source, config.num_replicas), replicas.ReplicatedTask(task)
     rng = replicas.init_keys(config.seed, config.num_replicas)
     train_batch_sharding = parallel.replica_batch_sharding(mesh)
-  example = source.example_batch()
+    specs = sharding.with_leading_axis(specs)
   abstract = jax.eval_shape(task.init, rng, example)
-  state_sharding = parallel.tree_shardings(abstract, replicated)
-  train_example = (jax.tree.map(lambda x: np.stack([x] * config.num_replicas), example)
-                   if per_replica else example)
+  state_sharding = sharding.named(specs, mesh)
+  # A batch that splits into the micro-batches of grad_accum_steps, stacked per replica.
+  train_example = jax.tree.map(lambda x: np.concatenate([x] * config.train.grad_accum_steps), example)
+  if per_replica:
+    train_example = jax.tree.map(lambda x: np.stack([x] * config.num_replicas), train_example)
   abstract_metrics = jax.eval_shape(task.train_step, abstract, train_example)[1]
   totals_sharding = parallel.tree_shardings(_zero_totals(abstract_metrics), replicated)
   return _Program(
@@ -141,7 +179,8 @@ def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Pr
       train_step=jax.jit(_accumulating(task.train_step),
                          in_shardings=(state_sharding, totals_sharding, train_batch_sharding),
                          out_shardings=(state_sharding, totals_sharding), donate_argnums=(0, 1)),
-      eval_step=jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated))
+      eval_step=jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated),
+      flops_per_step=flops_per_step, peak_flops=_peak_flops(config))
 
 
 def _restore_or_init(program: _Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
@@ -255,6 +294,10 @@ class _Run:
     means['steps_per_sec'] = count / max(now - self.clock - self.paused, 1e-9)
     for unit, per_step in getattr(self.program.task, 'items_per_step', {}).items():
       means[f'{unit}_per_sec'] = means['steps_per_sec'] * per_step
+    if self.program.flops_per_step:
+      means['tflops_per_sec'] = means['steps_per_sec'] * self.program.flops_per_step / 1e12
+      if self.program.peak_flops:
+        means['mfu'] = means['tflops_per_sec'] * 1e12 / self.program.peak_flops
     self.writer.write(self.step, 'train', means)
     self.progress.update(self.step, means, means['steps_per_sec'])
     self.totals, self.clock, self.paused = self.program.zero_totals(), now, 0.0
@@ -319,7 +362,7 @@ class _Run:
     self.progress.message(
         f'{"Resuming from step " + str(self.step) if self.step else "Starting"}: {num_steps} steps on '
         f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh {dict(self.program.mesh.shape)}, '
-        f'workdir {self.workdir}')
+        f'{self.program.memory()}, workdir {self.workdir}')
     try:
       with contextlib.ExitStack() as closing:  # closed in reverse, also when the loop fails
         for resource in (self.best, self.ckpt, self.writer, self.progress):

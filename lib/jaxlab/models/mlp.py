@@ -21,8 +21,15 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = x.reshape(x.shape[0], -1)
-    for width in self.hidden:
-      h = nn.relu(nn.Dense(width)(x))
+    # Megatron's alternation for the sharding rules: column-parallel, then row-parallel, ...
+    names = [('embed', 'mlp'), ('mlp', 'embed')]
+    for i, width in enumerate(self.hidden):
+      h = nn.relu(_dense(width, names[i % 2])(x))
       x = x + h if self.residual and x.shape[-1] == width else h
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return _dense(self.num_classes, (names[len(self.hidden) % 2][0], 'classes'))(x)
+
+
+def _dense(features: int, names: tuple[str, str]) -> nn.Dense:
+  return nn.Dense(features, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+KERNEL_INIT = nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, 'conv_in', 'conv_out'))
 IMAGENET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
@@ -27,6 +28,11 @@ def stage_sizes(style: str, depth: int) -> tuple[int, ...]:
   raise ValueError(f"ResNet style must be 'cifar' or 'imagenet', got {style!r}")
 
 
+def conv(features: int, size: tuple[int, int], strides: int = 1, **kwargs) -> nn.Conv:
+  """A convolution without bias whose kernel names its channel dimensions for the sharding rules."""
+  return nn.Conv(features, size, strides, use_bias=False, kernel_init=KERNEL_INIT, **kwargs)
+
+
 class BasicBlock(nn.Module):
   features: int
   strides: int
@@ -35,8 +41,8 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = nn.relu(self.norm()(nn.Conv(self.features, (3, 3), self.strides, use_bias=False)(x)))
-    y = self.norm(scale_init=nn.initializers.zeros)(nn.Conv(self.features, (3, 3), use_bias=False)(y))
+    y = nn.relu(self.norm()(conv(self.features, (3, 3), self.strides)(x)))
+    y = self.norm(scale_init=nn.initializers.zeros)(conv(self.features, (3, 3))(y))
     return nn.relu(y + _shortcut(x, self.features, self.strides, self.norm, self.projection))
 
 
@@ -48,9 +54,9 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = nn.relu(self.norm()(nn.Conv(self.features, (1, 1), use_bias=False)(x)))
-    y = nn.relu(self.norm()(nn.Conv(self.features, (3, 3), self.strides, use_bias=False)(y)))
-    y = self.norm(scale_init=nn.initializers.zeros)(nn.Conv(4 * self.features, (1, 1), use_bias=False)(y))
+    y = nn.relu(self.norm()(conv(self.features, (1, 1))(x)))
+    y = nn.relu(self.norm()(conv(self.features, (3, 3), self.strides)(y)))
+    y = self.norm(scale_init=nn.initializers.zeros)(conv(4 * self.features, (1, 1))(y))
     return nn.relu(y + _shortcut(x, 4 * self.features, self.strides, self.norm, self.projection))
 
 
@@ -58,7 +64,7 @@ def _shortcut(x: jax.Array, features: int, strides: int, norm: Callable, project
   if x.shape[-1] == features and strides == 1:
     return x
   if projection:
-    return norm()(nn.Conv(features, (1, 1), strides, use_bias=False)(x))
+    return norm()(conv(features, (1, 1), strides)(x))
   x = x[:, ::strides, ::strides]
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, features - x.shape[-1])))
 
@@ -77,10 +83,10 @@ class ResNet(nn.Module):
     stages = stage_sizes(self.style, self.depth)
     norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5, **kw)
     if self.style == 'cifar':
-      x = nn.relu(norm()(nn.Conv(16, (3, 3), use_bias=False)(x)))
+      x = nn.relu(norm()(conv(16, (3, 3))(x)))
       widths, block = (16, 32, 64), BasicBlock
     else:
-      x = nn.relu(norm()(nn.Conv(64, (7, 7), 2, padding=[(3, 3), (3, 3)], use_bias=False)(x)))
+      x = nn.relu(norm()(conv(64, (7, 7), 2, padding=[(3, 3), (3, 3)])(x)))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
       widths, block = (64, 128, 256, 512), BasicBlock if self.depth < 50 else Bottleneck
     for i, (width, blocks) in enumerate(zip(widths, stages)):
@@ -88,4 +94,5 @@ class ResNet(nn.Module):
         strides = 2 if i > 0 and j == 0 else 1
         x = block(width, strides, norm, projection=self.style != 'cifar')(x)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, kernel_init=nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(), ('embed', 'classes')))(x)

@@ -35,13 +35,13 @@ def language_model(config: ml_collections.ConfigDict, source: Any) -> LanguageMo
   samples = Samples(**config.sample) if 'sample' in config else Samples()
   config_lib.require(bool(samples.prompt), 'sample.prompt is empty; give at least one character')
   return LanguageModel(_sequence_model(config, source.num_classes), tx, source.vocab,
-                       config.data.batch_size * config.data.block_size, samples)
+                       config.data.batch_size * config.data.block_size, config.data.block_size, samples)
 
 
 def masked_lm(config: ml_collections.ConfigDict, source: Any) -> MaskedLM:
   tx, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
   return MaskedLM(_sequence_model(config, source.num_classes + 1), tx, source.num_classes,
-                  config.data.batch_size * config.data.block_size)
+                  config.data.batch_size * config.data.block_size, config.data.block_size)
 
 
 # name -> make(config, source) -> Task. A task of one's own is any such function, named by import path.

@@ -16,6 +16,12 @@ Optional, used by the loop for any task that has them:
 * `items_per_step`: {unit: count} processed per step; the logs get `<unit>_per_sec` (tokens/s).
 * `showcase(state) -> {name: text or HWC uint8 image}`: written to <workdir>/samples/ and
   TensorBoard at each evaluation (generated text; later, generated images).
+* `param_axes(batch) -> tree of logical PartitionSpecs` over `params`: how the parameters may be
+  sharded (jaxlab.sharding); without it every parameter is replicated.
+* `gradients(state, batch) -> (grads, metrics, model_state)` and
+  `apply_gradients(state, grads, model_state) -> state`: the two halves of `train_step`
+  (`gradient_step` joins them); with them `train.grad_accum_steps` works (jaxlab.accumulate).
+* `flops_per_step(params) -> float`: model FLOPs of one training step; the logs get TFLOP/s and MFU.
 
 How other families fit the same loop:
 * GAN: `params` and `opt_state` are dicts {'generator': ..., 'discriminator': ...}; the task
@@ -27,12 +33,13 @@ How other families fit the same loop:
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax.core import meta
 
 from jaxlab.state import TrainState
 
@@ -56,7 +63,21 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
   """A fresh TrainState: the model's params and their optimizer state, its other collections (e.g.
   BatchNorm statistics) as model_state, and the run's RNG."""
   params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
-  variables = model.init({'params': params_rng, 'dropout': dropout_rng}, inputs, train=False)
+  # The logical axis names the model gives its parameters are read by param_axes; the state holds plain arrays.
+  variables = meta.unbox(model.init({'params': params_rng, 'dropout': dropout_rng}, inputs, train=False))
   params = variables.pop('params')
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     model_state=dict(variables), rng=state_rng)
+
+
+def apply_update(state: TrainState, tx: optax.GradientTransformation, grads: Any, model_state: Any) -> TrainState:
+  """One optimizer update of `state` with `grads`; the model's other collections replaced by `model_state`."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+                       model_state=model_state)
+
+
+def gradient_step(task: Any, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  """`train_step` from a task's `gradients` and `apply_gradients`; logs the gradient norm."""
+  grads, metrics, model_state = task.gradients(state, batch)
+  return task.apply_gradients(state, grads, model_state), {**metrics, 'grad_norm': optax.tree.norm(grads)}

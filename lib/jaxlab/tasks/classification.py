@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlab import sharding
 from jaxlab.state import TrainState
-from jaxlab.tasks.base import Batch, Metrics, init_state
+from jaxlab.tasks.base import Batch, Metrics, apply_update, gradient_step, init_state
 
 
 def weight_penalty(params: Any, l1: float, l2: float) -> jax.Array:
@@ -37,6 +38,9 @@ class Classification:
   def init(self, rng: jax.Array, batch: Batch) -> TrainState:
     return init_state(self.model, self.tx, rng, batch['x'])
 
+  def param_axes(self, batch: Batch) -> Any:
+    return sharding.param_axes(self.model, batch['x'])
+
   def _loss(self, params, state: TrainState, batch: Batch):
     # Per-step randomness from (run rng, step): identical whether or not the run was resumed.
     rng = jax.random.fold_in(state.rng, state.step)
@@ -46,15 +50,16 @@ class Classification:
     loss = optax.softmax_cross_entropy(logits, labels).mean() + weight_penalty(params, self.l1, self.l2)
     return loss, (logits, updates)
 
-  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  def gradients(self, state: TrainState, batch: Batch) -> tuple[Any, Metrics, Any]:
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
     (loss, (logits, model_state)), grads = grad_fn(state.params, state, batch)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state, model_state=dict(model_state))
-    metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['y']),
-               'grad_norm': optax.tree.norm(grads)}
-    return new_state, metrics
+    return grads, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['y'])}, dict(model_state)
+
+  def apply_gradients(self, state: TrainState, grads: Any, model_state: Any) -> TrainState:
+    return apply_update(state, self.tx, grads, model_state)
+
+  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    return gradient_step(self, state, batch)
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
     """Sums over real examples: loss, correct, top-5 correct (over 5 classes), and the confusion matrix."""

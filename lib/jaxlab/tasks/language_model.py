@@ -16,15 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlab import decoding, metrics
+from jaxlab import decoding, flops, metrics, sharding
 from jaxlab.data.text import Vocabulary
 from jaxlab.state import TrainState
-from jaxlab.tasks.base import Batch, Metrics, init_state
-
-
-def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads: Any) -> TrainState:
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+from jaxlab.tasks.base import Batch, Metrics, apply_update, gradient_step, init_state
 
 
 def token_sums(losses: jax.Array, hits: jax.Array, real: jax.Array) -> Metrics:
@@ -50,6 +45,7 @@ class LanguageModel:
   tx: optax.GradientTransformation
   vocab: Vocabulary
   tokens_per_step: int
+  block_size: int  # of the training windows
   samples: Samples = Samples()
 
   @property
@@ -59,16 +55,26 @@ class LanguageModel:
   def init(self, rng: jax.Array, batch: Batch) -> TrainState:
     return init_state(self.model, self.tx, rng, batch['x'])
 
+  def param_axes(self, batch: Batch) -> Any:
+    return sharding.param_axes(self.model, batch['x'])
+
+  def flops_per_step(self, params: Any) -> float:
+    return self.tokens_per_step * flops.per_token(self.model, params, self.block_size)
+
+  def apply_gradients(self, state: TrainState, grads: Any, model_state: Any) -> TrainState:
+    return apply_update(state, self.tx, grads, model_state)
+
+  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    return gradient_step(self, state, batch)
+
   def _loss(self, params: Any, state: TrainState, batch: Batch) -> tuple[jax.Array, jax.Array]:
     rng = jax.random.fold_in(state.rng, state.step)  # dropout from (run rng, step): the same after a resume
     logits = self.model.apply({'params': params}, batch['x'], train=True, rngs={'dropout': rng})
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch['y']).mean(), logits
 
-  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  def gradients(self, state: TrainState, batch: Batch) -> tuple[Any, Metrics, Any]:
     (loss, logits), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, state, batch)
-    metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['y']),
-               'grad_norm': optax.tree.norm(grads)}
-    return apply_gradients(state, self.tx, grads), metrics
+    return grads, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['y'])}, state.model_state
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
     logits = self.model.apply({'params': state.params}, batch['x'], train=False)

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlab import metrics
+from jaxlab import flops, metrics, sharding
 from jaxlab.state import TrainState
-from jaxlab.tasks.base import Batch, Metrics, init_state
-from jaxlab.tasks.language_model import apply_gradients, token_sums
+from jaxlab.tasks.base import Batch, Metrics, apply_update, gradient_step, init_state
+from jaxlab.tasks.language_model import token_sums
 
 MASK_FRACTION = 0.15
 EVAL_MASK_KEY = 0x6D61736B  # 'mask'
@@ -43,6 +43,7 @@ class MaskedLM:
   tx: optax.GradientTransformation
   vocab_size: int  # of the text
   tokens_per_step: int
+  block_size: int
 
   @property
   def mask_id(self) -> int:
@@ -55,6 +56,18 @@ class MaskedLM:
   def init(self, rng: jax.Array, batch: Batch) -> TrainState:
     return init_state(self.model, self.tx, rng, batch['x'])
 
+  def param_axes(self, batch: Batch) -> Any:
+    return sharding.param_axes(self.model, batch['x'])
+
+  def flops_per_step(self, params: Any) -> float:
+    return self.tokens_per_step * flops.per_token(self.model, params, self.block_size)
+
+  def apply_gradients(self, state: TrainState, grads: Any, model_state: Any) -> TrainState:
+    return apply_update(state, self.tx, grads, model_state)
+
+  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    return gradient_step(self, state, batch)
+
   def _loss(self, params: Any, state: TrainState, batch: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     mask_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
     inputs, chosen = mask_tokens(mask_key, batch['x'], self.vocab_size, self.mask_id)
@@ -64,10 +77,10 @@ class MaskedLM:
     hits = (jnp.argmax(logits, -1) == batch['x']) & chosen
     return jnp.sum(jnp.where(chosen, losses, 0.0)) / count, (hits.sum() / count, chosen.mean())
 
-  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  def gradients(self, state: TrainState, batch: Batch) -> tuple[Any, Metrics, Any]:
+    """Loss per masked token of this batch: micro-batches of grad_accum_steps weigh their means equally."""
     (loss, (accuracy, masked)), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, state, batch)
-    metrics = {'loss': loss, 'accuracy': accuracy, 'masked_fraction': masked, 'grad_norm': optax.tree.norm(grads)}
-    return apply_gradients(state, self.tx, grads), metrics
+    return grads, {'loss': loss, 'accuracy': accuracy, 'masked_fraction': masked}, state.model_state
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.PRNGKey(EVAL_MASK_KEY), batch['offset'])
