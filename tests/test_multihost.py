@@ -1,6 +1,7 @@
-"""Two local processes (gloo CPU collectives, 2 simulated devices each) train like one process with 4."""
+"""Two local processes (gloo CPU collectives, simulated devices) train like one process with all the devices."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,9 @@ from conftest import LAUNCH, ROOT, launch
 TINY = ['--config=configs/mnist1d/cnn.py', '--config.data.num_samples=1000', '--config.data.batch_size=40',
         '--config.data.eval_batch_size=200', '--config.model.channels=8', '--config.train.num_steps=20',
         '--config.train.checkpoint_every=10', '--config.train.eval_every=0', '--config.train.log_every=10']
+# Parameters and Adam's moments split over 8 devices of 2 processes (ZeRO-3): every kernel divides by 8.
+FSDP_MLP = ['--config=configs/mnist1d/mlp.py', *[a for a in TINY[1:] if 'channels' not in a],
+            '--config.model.hidden=(64, 64)', '--config.mesh.data=1', '--config.mesh.fsdp=8']
 
 
 def _free_port() -> int:
@@ -28,13 +32,13 @@ def _env(devices: int, cache: str, **extra: str) -> dict[str, str]:
           'JAX_PLATFORMS': 'cpu', **extra}
 
 
-def _one_process(workdir, cache, config=TINY, **extra: str) -> subprocess.CompletedProcess:
-  proc = launch(*config, f'--workdir={workdir}', env=_env(4, cache, **extra), timeout=180)
+def _one_process(workdir, cache, config=TINY, devices: int = 4, **extra: str) -> subprocess.CompletedProcess:
+  proc = launch(*config, f'--workdir={workdir}', env=_env(devices, cache, **extra), timeout=180)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 
 
-def _two_processes(workdir, cache, use_env: bool, config=TINY, **env: str) -> list[str]:
+def _two_processes(workdir, cache, use_env: bool, config=TINY, devices_each: int = 2, **env: str) -> list[str]:
   """Runs both processes of a 2-process job; the job is given by flags, or by JAXLAB_* env vars."""
   address = f'127.0.0.1:{_free_port()}'
   procs = []
@@ -46,7 +50,7 @@ def _two_processes(workdir, cache, use_env: bool, config=TINY, **env: str) -> li
       else:
         args, extra = [f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'], {}
       procs.append(subprocess.Popen([sys.executable, LAUNCH, *config, *args, f'--workdir={workdir}'], cwd=ROOT,
-                                    env=_env(2, cache, **env, **extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env=_env(devices_each, cache, **env, **extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True))
     outputs = [p.communicate(timeout=180)[0] for p in procs]
     for p, out in zip(procs, outputs):
@@ -76,8 +80,8 @@ def _params(workdir, step: int) -> dict:
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('multihost')
   cache = str(root / 'cache')
-  single = _one_process(root / 'single', cache)
-  multi_out = _two_processes(root / 'multi', cache, use_env=False)
+  single = _one_process(root / 'single', cache, FSDP_MLP, devices=8)
+  multi_out = _two_processes(root / 'multi', cache, use_env=False, config=FSDP_MLP, devices_each=4)
   return root, single.stdout, multi_out
 
 
@@ -91,8 +95,14 @@ def _assert_close(a, b):
 
 def test_two_processes_match_one_process_with_the_same_global_batch(runs):
   root, single_out, multi_out = runs
-  assert 'on 4 cpu device(s)' in single_out
-  assert 'on 4 cpu device(s)' in multi_out[0]  # 2 processes x 2 devices form one 4-device mesh
+  assert 'on 8 cpu device(s)' in single_out
+  assert 'on 8 cpu device(s)' in multi_out[0]  # 2 processes x 4 devices form one 8-device mesh
+  for out in (single_out, multi_out[0]):  # 8 ways: each device holds an eighth of the state
+    total, per_device = (float(x) for x in re.search(r'state ([\d.]+) MiB \(([\d.]+) MiB per device', out).groups())
+    assert per_device == pytest.approx(total / 8, abs=0.01)
+  # Each process wrote its own shards.
+  assert {p for p in os.listdir(root / 'multi' / 'checkpoints' / '20' / 'state') if p.startswith('ocdbt.process_')} == {
+      'ocdbt.process_0', 'ocdbt.process_1'}
   assert 'Finished step 20/20' in multi_out[0]
   assert 'Finished step' not in multi_out[1]  # only process 0 reports and writes logs
   _assert_close(_params(root / 'single', 20), _params(root / 'multi', 20))
@@ -106,7 +116,7 @@ def test_checkpoint_of_two_processes_resumes_in_one_process(runs, tmp_path):
   workdir = tmp_path / 'resumed'
   shutil.copytree(root / 'multi', workdir)
   shutil.rmtree(workdir / 'checkpoints' / '20')  # resume from the 2-process checkpoint of step 10
-  out = _one_process(workdir, str(root / 'cache')).stdout
+  out = _one_process(workdir, str(root / 'cache'), FSDP_MLP, devices=8).stdout
   assert 'Resuming from step 10' in out and '(10 trained' in out
   _assert_close(_params(root / 'single', 20), _params(workdir, 20))
 

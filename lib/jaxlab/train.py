@@ -113,11 +113,10 @@ class _Program:
     """Evaluation sums -> metrics: the task's own rule (perplexity...) where it has one."""
     return getattr(self.task, 'summarize', metrics.summarize)(sums)
 
-  def memory(self) -> str:
-    """Parameters + optimizer state: in all, and on the most loaded device under this mesh."""
-    total = sharding.total_bytes(self.abstract)
-    per_device = sharding.bytes_per_device(self.abstract, self.state_sharding)
-    return f'state {total / 2**20:.2f} MiB, {per_device / 2**20:.2f} MiB per device'
+  def state_bytes(self) -> dict[str, int]:
+    """Bytes of the TrainState (parameters, optimizer state...): in all, and on the most loaded device."""
+    return {'state_bytes': sharding.total_bytes(self.abstract),
+            'state_bytes_per_device': sharding.bytes_per_device(self.abstract, self.state_sharding)}
 
 
 def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: Any) -> None:
@@ -359,10 +358,12 @@ class _Run:
 
   def run(self, hooks: Sequence[Hook]) -> dict[str, Any]:
     num_steps, began = self.config.train.num_steps, time.perf_counter()
+    memory = self.program.state_bytes()
     self.progress.message(
         f'{"Resuming from step " + str(self.step) if self.step else "Starting"}: {num_steps} steps on '
         f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh {dict(self.program.mesh.shape)}, '
-        f'{self.program.memory()}, workdir {self.workdir}')
+        f'state {memory["state_bytes"] / 2**20:.2f} MiB ({memory["state_bytes_per_device"] / 2**20:.2f} MiB per '
+        f'device), workdir {self.workdir}')
     try:
       with contextlib.ExitStack() as closing:  # closed in reverse, also when the loop fails
         for resource in (self.best, self.ckpt, self.writer, self.progress):
@@ -395,7 +396,7 @@ class _Run:
     best = self.best
     summary = {'step': self.step, 'num_steps': self.config.train.num_steps, 'preempted': signal_name is not None,
                'stop_signal': signal_name, 'workdir': self.workdir, 'train_seconds': seconds,
-               'steps_trained': self.step - self.start,
+               'steps_trained': self.step - self.start, **self.program.state_bytes(),
                **({'best_step': best.step, f'best_{best.metric}': best.value, 'stopped_early': stopped_early}
                   if best is not None else {}),
                **{f'{split}_{k}': v for split, m in results.items() for k, v in m.items()}}

@@ -1,0 +1,142 @@
+"""The GPT on 8 simulated CPU devices under four meshes trains like on 1 device; memory per device;
+checkpoints resume under another mesh."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_lm_config, write_corpus
+from jaxlab import checkpoint, train
+
+MESHES = {'data8': {'data': 8}, 'fsdp8': {'data': 1, 'fsdp': 8}, 'data2_fsdp2_tensor2': {'data': 2, 'fsdp': 2, 'tensor': 2},
+          'tensor4_data2': {'data': 2, 'tensor': 4}}
+SETTINGS = {'model.width': 32, 'model.num_heads': 4, 'model.num_layers': 2, 'train.num_steps': 50,
+            'data.batch_size': 16, 'data.eval_batch_size': 40, 'train.eval_every': 50, 'train.checkpoint_every': 25,
+            'train.log_every': 25, 'sample.num_samples': 1}
+LOSS_RTOL = 1e-5  # validation loss (40 fixed windows) after 50 steps, relative to the 1-device run
+
+ON_EIGHT_DEVICES = '''
+import json, sys, jax, numpy as np
+sys.path.insert(0, {tests!r})
+from test_sharding_devices import MESHES, SETTINGS, config, dump, Cut, restore
+from jaxlab import train
+assert jax.device_count() == 8
+root, results = {root!r}, {{}}
+for name, mesh in MESHES.items():
+  per_device = {{}}
+  def measure(step, state):
+    if step == 50:  # bytes on each device, read off the arrays themselves
+      for x in jax.tree.leaves(state):
+        for shard in x.addressable_shards:
+          per_device[shard.device.id] = per_device.get(shard.device.id, 0) + shard.data.nbytes
+  summary = train.train(config(mesh), f'{{root}}/{{name}}', hooks=[dump(f'{{root}}/{{name}}.npz', 50), measure])
+  results[name] = {{**summary, 'measured_bytes_per_device': max(per_device.values())}}
+# Saved under one mesh, resumed under another: tensor 4 x data 2 -> fsdp 8, and fsdp 8 -> 1 device (by the test).
+for name, first, then in (('cut_tensor4_data2', MESHES['tensor4_data2'], MESHES['fsdp8']), ('cut_fsdp8', MESHES['fsdp8'], None)):
+  try:
+    train.train(config(first), f'{{root}}/{{name}}', hooks=[dump(f'{{root}}/{{name}}_25.npz', 25), Cut.at(25)])
+  except Cut:
+    pass
+  if then:
+    results[name + '_restored_sharding'] = restore(config(then), f'{{root}}/{{name}}', f'{{root}}/{{name}}_25.npz')
+    results[name] = train.train(config(then), f'{{root}}/{{name}}')
+print('RESULTS', json.dumps(results))
+'''
+
+
+def config(mesh=None):
+  settings = {**SETTINGS, **{f'mesh.{axis}': size for axis, size in (mesh or {}).items()}}
+  return tiny_lm_config(write_corpus(os.environ['CORPUS']), **settings)
+
+
+class Cut(Exception):
+  """Stops a run right after the checkpoint of a step, as a crash would."""
+
+  @staticmethod
+  def at(step):
+    def hook(s, state):
+      if s == step:
+        raise Cut()
+    return hook
+
+
+def dump(path, step):
+  def hook(s, state):
+    if s == step:
+      np.savez(path, *[np.asarray(x) for x in jax.tree.leaves(state.params)])
+  return hook
+
+
+def _load(path):
+  with np.load(path) as f:
+    return [f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))]
+
+
+def restore(config, workdir, saved):
+  """Restores the newest checkpoint of `workdir` laid out for `config`'s mesh; checks it bit for bit
+  against the parameters dumped when it was saved; returns the shape of one kernel's shard on a device."""
+  program = train._build(config, workdir)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3)
+  try:
+    step, state, _ = ckpt.restore_newest_good(checkpoint.abstract_with_shardings(program.abstract,
+                                                                                 program.state_sharding), lambda *a: None)
+  finally:
+    ckpt.close()
+  assert step == 25
+  for a, b in zip(jax.tree.leaves(state.params), _load(saved)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  kernel = state.params['encoder']['block_0']['attention']['qkv']['kernel']
+  return list(kernel.sharding.shard_shape(kernel.shape))
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('sharding')
+  os.environ['CORPUS'] = str(root / 'corpus.txt')
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
+  code = ON_EIGHT_DEVICES.format(tests=os.path.join(ROOT, 'tests'), root=str(root))
+  proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(proc.stdout.split('RESULTS')[1])
+  one = train.train(config(), str(root / 'one'), hooks=[dump(str(root / 'one.npz'), 50)])
+  return root, results, one
+
+
+@pytest.mark.parametrize('mesh', list(MESHES))
+def test_every_mesh_trains_like_one_device(runs, mesh):
+  root, results, one = runs
+  assert results[mesh]['steps_trained'] == 50
+  assert abs(results[mesh]['validation_loss'] - one['validation_loss']) <= LOSS_RTOL * one['validation_loss']
+  for a, b in zip(_load(root / 'one.npz'), _load(root / f'{mesh}.npz')):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_holds_an_eighth_of_the_state_per_device(runs):
+  _, results, one = runs
+  fsdp = results['fsdp8']
+  assert one['state_bytes'] == one['state_bytes_per_device'] == fsdp['state_bytes'] == results['data8']['state_bytes_per_device']
+  # Every parameter and moment is split 8 ways (LayerNorm scales too); what stays whole: the step,
+  # the RNG key, Adam's count, and the injected learning rate and its step count (<= 64 bytes).
+  assert fsdp['state_bytes'] / 8 <= fsdp['state_bytes_per_device'] <= fsdp['state_bytes'] / 8 + 64
+  assert fsdp['measured_bytes_per_device'] == fsdp['state_bytes_per_device']
+  mixed = results['data2_fsdp2_tensor2']
+  assert mixed['measured_bytes_per_device'] == mixed['state_bytes_per_device'] < fsdp['state_bytes'] / 2
+
+
+def test_a_checkpoint_resumes_under_another_mesh(runs, tmp_path):
+  root, results, one = runs
+  # tensor 4 x data 2 -> fsdp 8: restored bit for bit (in the subprocess), laid out for the new mesh, and trained on.
+  assert results['cut_tensor4_data2_restored_sharding'] == [32 // 8, 3, 4, 8]  # (embed, 3, heads, kv): embed split 8 ways
+  resumed = results['cut_tensor4_data2']
+  assert resumed['steps_trained'] == 25
+  assert abs(resumed['validation_loss'] - one['validation_loss']) <= LOSS_RTOL * one['validation_loss']
+  # fsdp 8 -> 1 device.
+  restore(config(), str(root / 'cut_fsdp8'), str(root / 'cut_fsdp8_25.npz'))
+  again = train.train(config(), str(root / 'cut_fsdp8'))
+  assert again['steps_trained'] == 25
+  assert abs(again['validation_loss'] - one['validation_loss']) <= LOSS_RTOL * one['validation_loss']
