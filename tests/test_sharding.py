@@ -181,3 +181,15 @@ def test_lm_runs_log_tflops_and_mfu(corpus, tmp_path):
   for m in lines:
     assert m['tflops_per_sec'] == pytest.approx(m['tokens_per_sec'] * train_flops_per_token / 1e12)
     assert m['mfu'] == pytest.approx(m['tflops_per_sec'] * 1e12 / 1e9)
+
+
+def test_bench_reports_the_compiled_steps_memory(corpus, tmp_path):
+  from jaxlab import bench
+  config, source, task = _gpt_task(corpus, tmp_path)
+  state_bytes = sharding.total_bytes(jax.eval_shape(task.init, jax.random.PRNGKey(0), source.example_batch()))
+  batch_bytes = 2 * config.data.batch_size * config.data.block_size * 4  # x and y, int32
+  stats = train.compiled_memory(config)
+  # The step's arguments: the state, the batch and the small metric totals.
+  assert state_bytes + batch_bytes <= stats.argument_size_in_bytes <= state_bytes + batch_bytes + 1024
+  assert stats.temp_size_in_bytes > 0
+  assert bench.format_memory(stats).startswith('compiled train step, per device: arguments ')

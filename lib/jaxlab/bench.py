@@ -10,6 +10,7 @@ import functools
 import statistics
 import tempfile
 import time
+from typing import Any
 
 import jax
 import ml_collections
@@ -75,6 +76,13 @@ def hand_loop_steps_per_sec(config: ml_collections.ConfigDict, steps: int) -> fl
   return steps / (time.perf_counter() - start)
 
 
+def format_memory(stats: Any) -> str:
+  """One line of XLA's memory analysis of a compiled program."""
+  mib = lambda name: getattr(stats, f'{name}_size_in_bytes') / 2**20
+  return (f'compiled train step, per device: arguments {mib("argument"):.2f} MiB, outputs {mib("output"):.2f} MiB, '
+          f'temporaries {mib("temp"):.2f} MiB, generated code {mib("generated_code"):.2f} MiB')
+
+
 def _check_counts(**counts: int) -> None:
   for name, value in counts.items():
     if value < 1:
@@ -89,6 +97,7 @@ def run(config: ml_collections.ConfigDict, steps: int = 2000, repeats: int = 5) 
                       f'task is {config.task!r}')
   print(f'bench: model {config.model.name}, optimizer {config.optimizer.name}, batch {config.data.batch_size}, '
         f'{jax.device_count()} {jax.devices()[0].platform} device(s); {repeats} repeats of {steps} steps', flush=True)
+  print(format_memory(train.compiled_memory(config)), flush=True)
   framework, hand = [], []
   for r in range(repeats):
     framework.append(framework_steps_per_sec(config, steps))

@@ -182,6 +182,14 @@ def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Pr
       flops_per_step=flops_per_step, peak_flops=_peak_flops(config))
 
 
+def compiled_memory(config: ml_collections.ConfigDict) -> Any:
+  """XLA's memory analysis of the compiled training step (per device): arguments, outputs, temporaries."""
+  program = _build(config)
+  state = checkpoint.abstract_with_shardings(program.abstract, program.state_sharding)
+  batch = next(program.source.train_batches(0))
+  return program.train_step.lower(state, jax.eval_shape(program.zero_totals), batch).compile().memory_analysis()
+
+
 def _restore_or_init(program: _Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
                      workdir: str) -> tuple[int, TrainState]:
   """The newest intact checkpoint whose own config is this run's, or a fresh state at step 0."""

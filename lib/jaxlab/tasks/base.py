@@ -20,7 +20,7 @@ Optional, used by the loop for any task that has them:
   sharded (jaxlab.sharding); without it every parameter is replicated.
 * `gradients(state, batch) -> (grads, metrics, model_state)` and
   `apply_gradients(state, grads, model_state) -> state`: the two halves of `train_step`
-  (`gradient_step` joins them); with them `train.grad_accum_steps` works (jaxlab.accumulate).
+  (`OneModel.train_step` joins them); with them `train.grad_accum_steps` works (jaxlab.accumulate).
 * `flops_per_step(params) -> float`: model FLOPs of one training step; the logs get TFLOP/s and MFU.
 
 How other families fit the same loop:
@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import optax
 from flax.core import meta
 
+from jaxlab import sharding
 from jaxlab.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -77,7 +78,21 @@ def apply_update(state: TrainState, tx: optax.GradientTransformation, grads: Any
                        model_state=model_state)
 
 
-def gradient_step(task: Any, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-  """`train_step` from a task's `gradients` and `apply_gradients`; logs the gradient norm."""
-  grads, metrics, model_state = task.gradients(state, batch)
-  return task.apply_gradients(state, grads, model_state), {**metrics, 'grad_norm': optax.tree.norm(grads)}
+class OneModel:
+  """What a task around one `model` trained by one optax `tx` has in common; it adds `gradients`."""
+
+  model: nn.Module
+  tx: optax.GradientTransformation
+
+  def init(self, rng: jax.Array, batch: Batch) -> TrainState:
+    return init_state(self.model, self.tx, rng, batch['x'])
+
+  def param_axes(self, batch: Batch) -> Any:
+    return sharding.param_axes(self.model, batch['x'])
+
+  def apply_gradients(self, state: TrainState, grads: Any, model_state: Any) -> TrainState:
+    return apply_update(state, self.tx, grads, model_state)
+
+  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    grads, metrics, model_state = self.gradients(state, batch)
+    return self.apply_gradients(state, grads, model_state), {**metrics, 'grad_norm': optax.tree.norm(grads)}

@@ -10,9 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab import sharding
 from jaxlab.state import TrainState
-from jaxlab.tasks.base import Batch, Metrics, apply_update, gradient_step, init_state
+from jaxlab.tasks.base import Batch, Metrics, OneModel
 
 
 def weight_penalty(params: Any, l1: float, l2: float) -> jax.Array:
@@ -27,19 +26,13 @@ def weight_penalty(params: Any, l1: float, l2: float) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Classification:
+class Classification(OneModel):
   model: nn.Module
   tx: optax.GradientTransformation
   num_classes: int
   label_smoothing: float = 0.0
   l1: float = 0.0
   l2: float = 0.0
-
-  def init(self, rng: jax.Array, batch: Batch) -> TrainState:
-    return init_state(self.model, self.tx, rng, batch['x'])
-
-  def param_axes(self, batch: Batch) -> Any:
-    return sharding.param_axes(self.model, batch['x'])
 
   def _loss(self, params, state: TrainState, batch: Batch):
     # Per-step randomness from (run rng, step): identical whether or not the run was resumed.
@@ -54,12 +47,6 @@ class Classification:
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
     (loss, (logits, model_state)), grads = grad_fn(state.params, state, batch)
     return grads, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['y'])}, dict(model_state)
-
-  def apply_gradients(self, state: TrainState, grads: Any, model_state: Any) -> TrainState:
-    return apply_update(state, self.tx, grads, model_state)
-
-  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    return gradient_step(self, state, batch)
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
     """Sums over real examples: loss, correct, top-5 correct (over 5 classes), and the confusion matrix."""

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlab import decoding, flops, metrics, sharding
+from jaxlab import decoding, flops, metrics
 from jaxlab.data.text import Vocabulary
 from jaxlab.state import TrainState
-from jaxlab.tasks.base import Batch, Metrics, apply_update, gradient_step, init_state
+from jaxlab.tasks.base import Batch, Metrics, OneModel
 
 
 def token_sums(losses: jax.Array, hits: jax.Array, real: jax.Array) -> Metrics:
@@ -39,33 +39,28 @@ class Samples:
   top_k: int = 0
 
 
+class TokenTask(OneModel):
+  """What next-token and masked-token prediction share: tokens/s and FLOPs in the logs."""
+
+  tokens_per_step: int
+  block_size: int
+
+  @property
+  def items_per_step(self) -> dict[str, int]:
+    return {'tokens': self.tokens_per_step}
+
+  def flops_per_step(self, params: Any) -> float:
+    return self.tokens_per_step * flops.per_token(self.model, params, self.block_size)
+
+
 @dataclasses.dataclass(frozen=True)
-class LanguageModel:
+class LanguageModel(TokenTask):
   model: nn.Module
   tx: optax.GradientTransformation
   vocab: Vocabulary
   tokens_per_step: int
   block_size: int  # of the training windows
   samples: Samples = Samples()
-
-  @property
-  def items_per_step(self) -> dict[str, int]:
-    return {'tokens': self.tokens_per_step}
-
-  def init(self, rng: jax.Array, batch: Batch) -> TrainState:
-    return init_state(self.model, self.tx, rng, batch['x'])
-
-  def param_axes(self, batch: Batch) -> Any:
-    return sharding.param_axes(self.model, batch['x'])
-
-  def flops_per_step(self, params: Any) -> float:
-    return self.tokens_per_step * flops.per_token(self.model, params, self.block_size)
-
-  def apply_gradients(self, state: TrainState, grads: Any, model_state: Any) -> TrainState:
-    return apply_update(state, self.tx, grads, model_state)
-
-  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    return gradient_step(self, state, batch)
 
   def _loss(self, params: Any, state: TrainState, batch: Batch) -> tuple[jax.Array, jax.Array]:
     rng = jax.random.fold_in(state.rng, state.step)  # dropout from (run rng, step): the same after a resume

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlab import flops, metrics, sharding
+from jaxlab import metrics
 from jaxlab.state import TrainState
-from jaxlab.tasks.base import Batch, Metrics, apply_update, gradient_step, init_state
-from jaxlab.tasks.language_model import token_sums
+from jaxlab.tasks.base import Batch, Metrics
+from jaxlab.tasks.language_model import TokenTask, token_sums
 
 MASK_FRACTION = 0.15
 EVAL_MASK_KEY = 0x6D61736B  # 'mask'
@@ -38,7 +38,7 @@ def mask_tokens(key: jax.Array, tokens: jax.Array, vocab_size: int, mask_id: int
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskedLM:
+class MaskedLM(TokenTask):
   model: nn.Module  # its vocabulary holds one more id than the text's: the mask token
   tx: optax.GradientTransformation
   vocab_size: int  # of the text
@@ -48,25 +48,6 @@ class MaskedLM:
   @property
   def mask_id(self) -> int:
     return self.vocab_size
-
-  @property
-  def items_per_step(self) -> dict[str, int]:
-    return {'tokens': self.tokens_per_step}
-
-  def init(self, rng: jax.Array, batch: Batch) -> TrainState:
-    return init_state(self.model, self.tx, rng, batch['x'])
-
-  def param_axes(self, batch: Batch) -> Any:
-    return sharding.param_axes(self.model, batch['x'])
-
-  def flops_per_step(self, params: Any) -> float:
-    return self.tokens_per_step * flops.per_token(self.model, params, self.block_size)
-
-  def apply_gradients(self, state: TrainState, grads: Any, model_state: Any) -> TrainState:
-    return apply_update(state, self.tx, grads, model_state)
-
-  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    return gradient_step(self, state, batch)
 
   def _loss(self, params: Any, state: TrainState, batch: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     mask_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
