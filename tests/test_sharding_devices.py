@@ -3,6 +3,7 @@ checkpoints resume under another mesh."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,9 +22,9 @@ SETTINGS = {'model.width': 32, 'model.num_heads': 4, 'model.num_layers': 2, 'tra
 LOSS_RTOL = 1e-5  # validation loss (40 fixed windows) after 50 steps, relative to the 1-device run
 
 ON_EIGHT_DEVICES = '''
-import json, sys, jax, numpy as np
+import json, shutil, sys, jax, numpy as np
 sys.path.insert(0, {tests!r})
-from test_sharding_devices import MESHES, SETTINGS, config, dump, Cut, restore
+from test_sharding_devices import MESHES, SETTINGS, config, dump, restore, cut_at
 from jaxlab import train
 assert jax.device_count() == 8
 root, results = {root!r}, {{}}
@@ -34,17 +35,13 @@ for name, mesh in MESHES.items():
       for x in jax.tree.leaves(state):
         for shard in x.addressable_shards:
           per_device[shard.device.id] = per_device.get(shard.device.id, 0) + shard.data.nbytes
-  summary = train.train(config(mesh), f'{{root}}/{{name}}', hooks=[dump(f'{{root}}/{{name}}.npz', 50), measure])
+  summary = train.train(config(mesh), f'{{root}}/{{name}}', hooks=[
+      dump(f'{{root}}/{{name}}_25.npz', 25), dump(f'{{root}}/{{name}}.npz', 50), measure])
   results[name] = {{**summary, 'measured_bytes_per_device': max(per_device.values())}}
-# Saved under one mesh, resumed under another: tensor 4 x data 2 -> fsdp 8, and fsdp 8 -> 1 device (by the test).
-for name, first, then in (('cut_tensor4_data2', MESHES['tensor4_data2'], MESHES['fsdp8']), ('cut_fsdp8', MESHES['fsdp8'], None)):
-  try:
-    train.train(config(first), f'{{root}}/{{name}}', hooks=[dump(f'{{root}}/{{name}}_25.npz', 25), Cut.at(25)])
-  except Cut:
-    pass
-  if then:
-    results[name + '_restored_sharding'] = restore(config(then), f'{{root}}/{{name}}', f'{{root}}/{{name}}_25.npz')
-    results[name] = train.train(config(then), f'{{root}}/{{name}}')
+# Saved under tensor 4 x data 2 at step 25, resumed under fsdp 8 (fsdp 8 -> 1 device: in the test).
+resumed = cut_at(f'{{root}}/tensor4_data2', f'{{root}}/resumed_tensor4_data2', 25)
+results['restored_shard_shape'] = restore(config(MESHES['fsdp8']), resumed, f'{{root}}/tensor4_data2_25.npz')
+results['resumed'] = train.train(config(MESHES['fsdp8']), resumed)
 print('RESULTS', json.dumps(results))
 '''
 
@@ -54,15 +51,13 @@ def config(mesh=None):
   return tiny_lm_config(write_corpus(os.environ['CORPUS']), **settings)
 
 
-class Cut(Exception):
-  """Stops a run right after the checkpoint of a step, as a crash would."""
-
-  @staticmethod
-  def at(step):
-    def hook(s, state):
-      if s == step:
-        raise Cut()
-    return hook
+def cut_at(workdir, copy, step):
+  """A copy of `workdir` as a crash right after the checkpoint of `step` would have left it."""
+  shutil.copytree(workdir, copy)
+  for saved in os.listdir(os.path.join(copy, 'checkpoints')):
+    if saved.isdigit() and int(saved) > step:
+      shutil.rmtree(os.path.join(copy, 'checkpoints', saved))
+  return copy
 
 
 def dump(path, step):
@@ -131,12 +126,12 @@ def test_fsdp_holds_an_eighth_of_the_state_per_device(runs):
 def test_a_checkpoint_resumes_under_another_mesh(runs, tmp_path):
   root, results, one = runs
   # tensor 4 x data 2 -> fsdp 8: restored bit for bit (in the subprocess), laid out for the new mesh, and trained on.
-  assert results['cut_tensor4_data2_restored_sharding'] == [32 // 8, 3, 4, 8]  # (embed, 3, heads, kv): embed split 8 ways
-  resumed = results['cut_tensor4_data2']
-  assert resumed['steps_trained'] == 25
-  assert abs(resumed['validation_loss'] - one['validation_loss']) <= LOSS_RTOL * one['validation_loss']
+  assert results['restored_shard_shape'] == [32 // 8, 3, 4, 8]  # (embed, 3, heads, kv): embed split 8 ways
+  assert results['resumed']['steps_trained'] == 25
+  assert abs(results['resumed']['validation_loss'] - one['validation_loss']) <= LOSS_RTOL * one['validation_loss']
   # fsdp 8 -> 1 device.
-  restore(config(), str(root / 'cut_fsdp8'), str(root / 'cut_fsdp8_25.npz'))
-  again = train.train(config(), str(root / 'cut_fsdp8'))
+  resumed = cut_at(str(root / 'fsdp8'), str(tmp_path / 'resumed'), 25)
+  restore(config(), resumed, str(root / 'fsdp8_25.npz'))
+  again = train.train(config(), resumed)
   assert again['steps_trained'] == 25
   assert abs(again['validation_loss'] - one['validation_loss']) <= LOSS_RTOL * one['validation_loss']
