@@ -4,6 +4,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from flax.core import meta
 
 from jaxlab import models
 from jaxlab.errors import ConfigError
@@ -58,7 +59,7 @@ def test_loss_decreases_on_a_fixed_batch(key):
 def test_residual_mlp_adds_the_hidden_layer_to_its_input():
   plain, residual = _model(dict(name='mlp', hidden=(4, 4))), _model(dict(name='mlp', hidden=(4, 4), residual=True))
   x = jnp.ones((2, 3))
-  variables = plain.init(jax.random.PRNGKey(0), x)  # same parameter tree for both
+  variables = meta.unbox(plain.init(jax.random.PRNGKey(0), x))  # same parameter tree for both; plain arrays
   assert not np.allclose(plain.apply(variables, x), residual.apply(variables, x))
   h1 = jax.nn.relu(x @ variables['params']['Dense_0']['kernel'] + variables['params']['Dense_0']['bias'])
   h2 = h1 + jax.nn.relu(h1 @ variables['params']['Dense_1']['kernel'] + variables['params']['Dense_1']['bias'])
@@ -127,7 +128,7 @@ def test_vit_learns_a_fixed_batch_of_images():
 def test_vit_mean_pooling_reads_every_patch_and_has_no_class_token():
   model = _model(dict(name='vit', patch_size=4, num_layers=1, num_heads=2, width=16, pool='mean'))
   images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
-  variables = model.init(jax.random.PRNGKey(0), images)
+  variables = meta.unbox(model.init(jax.random.PRNGKey(0), images))  # plain arrays, not sharding-annotated boxes
   assert 'cls_token' not in variables['params'] and variables['params']['position_embedding'].shape == (4, 16)
   head = variables['params']['head']['kernel']  # zero at init: give it weights, so every input reaches the output
   variables['params']['head']['kernel'] = jax.random.normal(jax.random.PRNGKey(1), head.shape)

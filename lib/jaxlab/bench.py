@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 import optax
+from flax.core import meta
 
 from jaxlab import data, models, optim, train
 from jaxlab.errors import ConfigError
@@ -51,7 +52,7 @@ def hand_loop_steps_per_sec(config: ml_collections.ConfigDict, steps: int) -> fl
   tx, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
   batches = source.train_batches(0)
   first = next(batches)
-  variables = model.init(jax.random.PRNGKey(config.seed), first['x'][:1])
+  variables = meta.unbox(model.init(jax.random.PRNGKey(config.seed), first['x'][:1]))  # drop sharding names
   if set(variables) != {'params'}:
     raise ConfigError(f'bench: the hand loop trains parameters only; model {config.model.name!r} also has '
                       f'{", ".join(sorted(set(variables) - {"params"}))} (e.g. BatchNorm statistics)')
