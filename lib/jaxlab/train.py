@@ -127,10 +127,9 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: Any) -> None:
     config_lib.require(config.data[key] % ways == 0, f'data.{key} {config.data[key]} is not divisible by {what}')
 
 
-def _state_specs(config: ml_collections.ConfigDict, task: Any, example: Any, mesh: Any) -> Any:
-  """PartitionSpecs of one run's TrainState: parameters by the sharding rules, optimizer state alike."""
+def _state_specs(config: ml_collections.ConfigDict, task: Any, abstract: TrainState, example: Any, mesh: Any) -> Any:
+  """PartitionSpecs of one run's TrainState (shapes `abstract`): parameters by the sharding rules, optimizer state alike."""
   param_axes = getattr(task, 'param_axes', None)
-  abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)
   rules = sharding.rules_from_config(config.sharding_rules)
   return sharding.state_specs(abstract, param_axes(example) if param_axes else None, dict(mesh.shape), rules)
 
@@ -151,9 +150,10 @@ def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Pr
   if config.train.grad_accum_steps > 1:
     task = accumulate.Accumulating(task, config.train.grad_accum_steps)
   example = source.example_batch()
-  specs = _state_specs(config, task, example, mesh)
+  one_run = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)  # shapes of one seed's state
+  specs = _state_specs(config, task, one_run, example, mesh)
   count_flops = getattr(task, 'flops_per_step', None)
-  flops_per_step = count_flops(jax.eval_shape(task.init, jax.random.PRNGKey(0), example).params) if count_flops else None
+  flops_per_step = count_flops(one_run.params) if count_flops else None
   batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
   train_batch_sharding = batch_sharding
   rng = jax.random.PRNGKey(config.seed)
