@@ -3,10 +3,12 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from conftest import tiny_config
+from jaxlab import config as config_lib
 from jaxlab import early_stopping, train
 from jaxlab.errors import ConfigError
 
@@ -49,9 +51,9 @@ def test_the_test_split_cannot_drive_early_stopping(tmp_path):
 
 def test_patience_counts_evaluations_since_the_best(tmp_path):
   tracker = early_stopping.BestCheckpoint(str(tmp_path), 'validation_loss', 'min', 2, 10)
-  tracker.step, tracker.value = 30, 0.5
+  assert tracker.update(30, {'validation': {'loss': 0.5}}, {'w': np.zeros(2)}, {})
   assert not tracker.should_stop(40) and tracker.should_stop(50)
-  assert tracker._better(0.4) and not tracker._better(0.5)
+  assert tracker._better(np.array([0.4])) and not tracker._better(np.array([0.5]))
   tracker.close()
 
 
@@ -74,8 +76,35 @@ def test_the_best_value_is_read_from_the_checkpoint_itself_never_from_a_separate
 @pytest.mark.parametrize('mode,values', [('max', (0.5, 0.5, 0.4)), ('min', (0.5, 0.5, 0.6))])
 def test_a_tie_does_not_replace_the_earlier_best(tmp_path, mode, values):
   tracker = early_stopping.BestCheckpoint(str(tmp_path), 'validation_loss', mode, 2, 5)
-  improved = [tracker.update(step, {'validation': {'loss': v}}, {'w': np.full(2, step, np.float32)}, {})
+  improved = [bool(tracker.update(step, {'validation': {'loss': v}}, {'w': np.full(2, step, np.float32)}, {}))
               for step, v in zip((5, 10, 15), values)]
   assert improved == [True, False, False] and tracker.step == 5
   assert tracker.should_stop(15)  # two evaluations (10, 15) without a strict improvement
   tracker.close()
+
+
+def _loss_stopping(**overrides):
+  config = _config(**{'train.num_steps': 200, 'data.num_samples': 600, 'seed': 4, **overrides})
+  config_lib.set_value(config, 'train.early_stopping_metric', 'validation_loss')
+  config_lib.set_value(config, 'train.early_stopping_mode', 'min')
+  config_lib.set_value(config, 'train.early_stopping_patience', 2)
+  return config
+
+
+def test_each_replica_stops_on_its_own_like_the_separate_run_with_its_seed(tmp_path):
+  params_at = {}
+  keep = lambda step, state: params_at.update({step: jax.device_get(state.params)})
+  summary = train.train(_loss_stopping(num_replicas=3), str(tmp_path / 'replicas'), hooks=[keep])
+  best_steps, stops = summary['best_step_replicas'], []
+  for r in range(3):
+    single = train.train(_loss_stopping(seed=4 + r), str(tmp_path / f'seed{r}'))
+    assert best_steps[r] == single['best_step'] and single['stopped_early']
+    assert summary['best_validation_loss_replicas'][r] == pytest.approx(single['best_validation_loss'], rel=1e-4)
+    assert summary['test_accuracy_replicas'][r] == pytest.approx(single['test_accuracy'], abs=0.005)
+    assert summary['test_loss_replicas'][r] == pytest.approx(single['test_loss'], rel=1e-4)
+    # Stopped at the evaluation where its patience ran out: from then on its parameters stay as they are.
+    stops.append(single['step'])
+    frozen = [jax.tree.leaves(params_at[step]) for step in (stops[r], summary['step'])]
+    for a, b in zip(*frozen):
+      np.testing.assert_array_equal(a[r], b[r])
+  assert summary['step'] == max(stops) and min(stops) < max(stops)  # the run ends with the last replica's stop

@@ -213,7 +213,8 @@ def defaults() -> ml_collections.ConfigDict:
       name='mnist1d', num_samples=5000, train_split=0.8,  # mnist1d's defaults: 4000 train / 1000 test
       validation_size=0, batch_size=100, eval_batch_size=500))
   c.model = ml_collections.ConfigDict(dict(name='cnn1d', channels=25, conv='xla'))
-  c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, l1=0.0, l2=0.0))  # l1/l2: penalties on kernels
+  # l1/l2: penalties on the kernels whose path ('layer_0/kernel') the regex penalty_paths matches ('': all).
+  c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, l1=0.0, l2=0.0, penalty_paths=''))
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adam', learning_rate=1e-2, schedule='constant', warmup_steps=0, final_lr_fraction=0.0,
       step_boundaries=(0.5, 0.75), step_factor=0.1, weight_decay=0.0, decay_matrices_only=False, grad_clip_norm=0.0,

@@ -27,7 +27,8 @@ def init_keys(seed: int, num_replicas: int) -> jax.Array:
 class ReplicatedSource:
   """Stacks the training batches of per-seed copies of a source: arrays of (replicas, batch, ...).
 
-  Evaluation batches are shared: every replica sees the same examples.
+  Evaluation batches are shared: every replica sees the same examples. A `full_batch` source (the
+  whole dataset every step, whatever the seed) shares its training batches too.
   """
 
   base: Source
@@ -41,6 +42,10 @@ class ReplicatedSource:
     return self.base.num_classes
 
   @property
+  def full_batch(self) -> bool:
+    return getattr(self.base, 'full_batch', False)
+
+  @property
   def eval_splits(self) -> list[str]:
     return self.base.eval_splits
 
@@ -51,6 +56,9 @@ class ReplicatedSource:
     return self.base.eval_batches(split)
 
   def train_batches(self, start_step: int) -> Iterator[Batch]:
+    if self.full_batch:
+      yield from self.base.train_batches(start_step)
+      return
     for batches in zip(*(copy.train_batches(start_step) for copy in self._copies)):
       yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
@@ -60,12 +68,13 @@ class ReplicatedTask:
   """A task whose state has a leading replica axis; every function is the base one under vmap."""
 
   base: Task
+  shared_batches: bool = False  # every replica trains on the same batch (a full-batch source)
 
   def init(self, rngs: jax.Array, batch: Batch) -> TrainState:
     return jax.vmap(self.base.init, in_axes=(0, None))(rngs, batch)
 
   def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    return jax.vmap(self.base.train_step)(state, batch)
+    return jax.vmap(self.base.train_step, in_axes=(0, None if self.shared_batches else 0))(state, batch)
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
     return jax.vmap(self.base.eval_step, in_axes=(0, None))(state, batch)

@@ -51,6 +51,14 @@ def _accumulating(train_step: Callable) -> Callable:
   return step
 
 
+def _freezing(train_step: Callable) -> Callable:
+  """Adds `active` (one bool per replica, or None: all): a replica whose early stopping has ended keeps its state."""
+  def step(state: TrainState, totals: dict[str, Any], batch: Any, active: jax.Array | None):
+    new_state, totals = train_step(state, totals, batch)
+    return (new_state if active is None else early_stopping.select(active, new_state, state)), totals
+  return step
+
+
 def _report(metrics: dict[str, Any], per_replica: bool) -> dict[str, Any]:
   """Scalars as floats; per-replica values as their mean plus the list under '<name>_replicas'.
 
@@ -85,8 +93,6 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   config_lib.require(config.num_replicas >= 1, f'num_replicas must be >= 1, got {config.num_replicas}')
   config_lib.require(0 <= config.seed and config.seed + config.num_replicas - 1 <= MAX_SEED,
                      f'seed must be in [0, {MAX_SEED - config.num_replicas + 1}], got {config.seed}')
-  config_lib.require(not (t.early_stopping_metric and config.num_replicas > 1),
-                     'train.early_stopping_metric needs num_replicas=1: each replica would stop at its own step')
 
 
 @dataclasses.dataclass
@@ -119,7 +125,9 @@ class _Program:
             'state_bytes_per_device': sharding.bytes_per_device(self.abstract, self.state_sharding)}
 
 
-def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: Any) -> None:
+def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: Any, source: Any) -> None:
+  if getattr(source, 'full_batch', False):
+    return  # the whole dataset is every batch, on every device
   dp, k = parallel.data_parallel_size(mesh), config.train.grad_accum_steps
   devices = f'the {dp} devices of the data and fsdp axes'
   for key, ways, what in (('batch_size', dp * k, devices + (f' times train.grad_accum_steps {k}' if k > 1 else '')),
@@ -142,8 +150,8 @@ def _peak_flops(config: ml_collections.ConfigDict) -> float | None:
 
 def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Program:
   mesh = parallel.make_mesh(config.mesh)
-  _check_batch_sizes(config, mesh)
   source = data.make_source(config.data, config.seed, workdir)
+  _check_batch_sizes(config, mesh, source)
   config_lib.require(not config.train.early_stopping_metric or 'validation' in source.eval_splits,
                      'train.early_stopping_metric needs a validation split: set data.validation_size > 0')
   task = tasks.make(config, source)
@@ -154,20 +162,22 @@ def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Pr
   specs = _state_specs(config, task, one_run, example, mesh)
   count_flops = getattr(task, 'flops_per_step', None)
   flops_per_step = count_flops(one_run.params) if count_flops else None
-  batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+  replicated = parallel.replicated(mesh)
+  full_batch = getattr(source, 'full_batch', False)
+  batch_sharding = replicated if full_batch else parallel.batch_sharding(mesh)
   train_batch_sharding = batch_sharding
   rng = jax.random.PRNGKey(config.seed)
   per_replica = config.num_replicas > 1
   if per_replica:
-    source, task = replicas.ReplicatedSource(source, config.num_replicas), replicas.ReplicatedTask(task)
+    source, task = replicas.ReplicatedSource(source, config.num_replicas), replicas.ReplicatedTask(task, full_batch)
     rng = replicas.init_keys(config.seed, config.num_replicas)
-    train_batch_sharding = parallel.replica_batch_sharding(mesh)
+    train_batch_sharding = batch_sharding if full_batch else parallel.replica_batch_sharding(mesh)
     specs = sharding.with_leading_axis(specs)
   abstract = jax.eval_shape(task.init, rng, example)
   state_sharding = sharding.named(specs, mesh)
   # A batch that splits into the micro-batches of grad_accum_steps, stacked per replica.
   train_example = jax.tree.map(lambda x: np.concatenate([x] * config.train.grad_accum_steps), example)
-  if per_replica:
+  if per_replica and not full_batch:
     train_example = jax.tree.map(lambda x: np.stack([x] * config.num_replicas), train_example)
   abstract_metrics = jax.eval_shape(task.train_step, abstract, train_example)[1]
   totals_sharding = parallel.tree_shardings(_zero_totals(abstract_metrics), replicated)
@@ -175,8 +185,8 @@ def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Pr
       source=source, task=task, mesh=mesh, per_replica=per_replica, rng=rng, example=example, abstract=abstract,
       state_sharding=state_sharding, batch_sharding=batch_sharding, train_batch_sharding=train_batch_sharding,
       zero_totals=jax.jit(functools.partial(_zero_totals, abstract_metrics), out_shardings=totals_sharding),
-      train_step=jax.jit(_accumulating(task.train_step),
-                         in_shardings=(state_sharding, totals_sharding, train_batch_sharding),
+      train_step=jax.jit(_freezing(_accumulating(task.train_step)),
+                         in_shardings=(state_sharding, totals_sharding, train_batch_sharding, replicated),
                          out_shardings=(state_sharding, totals_sharding), donate_argnums=(0, 1)),
       eval_step=jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated),
       flops_per_step=flops_per_step, peak_flops=_peak_flops(config))
@@ -187,7 +197,8 @@ def compiled_memory(config: ml_collections.ConfigDict) -> Any:
   program = _build(config)
   state = checkpoint.abstract_with_shardings(program.abstract, program.state_sharding)
   batch = next(program.source.train_batches(0))
-  return program.train_step.lower(state, jax.eval_shape(program.zero_totals), batch).compile().memory_analysis()
+  totals = jax.eval_shape(program.zero_totals)
+  return program.train_step.lower(state, totals, batch, None).compile().memory_analysis()
 
 
 def _restore_or_init(program: _Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
@@ -276,9 +287,16 @@ class _Run:
     self.progress = Progress(config.train.num_steps, self.start)
     self.eval_sums: dict[str, Any] = {}
     self.evaluate = _evaluator(program, self.eval_sums)
-    self.best = early_stopping.from_config(workdir, config.train)
+    self.best = early_stopping.from_config(workdir, config)
+    self.active = self._active()
     self.totals = program.zero_totals()
     self.clock, self.paused = time.perf_counter(), 0.0  # paused: evaluating and checkpointing since the last log
+
+  def _active(self) -> jax.Array | None:
+    """Which replicas still train (early stopping per replica); None: all."""
+    if self.best is None or not self.program.per_replica:
+      return None
+    return jnp.asarray(self.best.active(self.step))
 
   def _last_good(self) -> str:
     self.ckpt.wait()  # a save still being written counts once it is on disk
@@ -322,9 +340,13 @@ class _Run:
   def _evaluate_and_log(self, last: bool) -> tuple[dict[str, dict[str, float]], bool]:
     began = time.perf_counter()
     results = self.evaluate(self.state)
+    t = self.config.train
+    # Evaluations more frequent than log lines (every epoch of a graph) are printed with the log lines only.
+    show = last or t.eval_every >= t.log_every or _due(self.step, t.log_every)
     for split, values in results.items():
       self.writer.write(self.step, split, values)
-      self.progress.message(f'step {self.step} {split}: {format_metrics(values)}')
+      if show:
+        self.progress.message(f'step {self.step} {split}: {format_metrics(values)}')
     showcase = getattr(self.program.task, 'showcase', None)
     if showcase is not None:
       self.writer.write_showcase(self.step, showcase(self.state))
@@ -332,8 +354,18 @@ class _Run:
     if self.best is not None:
       self.best.update(self.step, results, self.state, config_lib.to_dict(self.config))
       stopped_early = not last and self.best.should_stop(self.step)
+      self._note_stopped_replicas()
     self.paused += time.perf_counter() - began
     return results, stopped_early
+
+  def _note_stopped_replicas(self) -> None:
+    if self.active is None:
+      return
+    was, self.active = np.asarray(self.active), self._active()
+    for r in np.flatnonzero(was & ~np.asarray(self.active)):
+      self.progress.message(f'replica {r} (seed {self.config.seed + r}) stopped at step {self.step}: no better '
+                            f'{self.best.metric} than step {self.best.steps[r]}\'s {self.best.values[r]:.4g} for '
+                            f'{self.best.patience} evaluations')
 
   def loop(self, hooks: Sequence[Hook]) -> tuple[dict[str, dict[str, float]], str | None, bool]:
     """Trains to the end, a stop signal or early stopping; returns (last evaluation, signal, stopped early)."""
@@ -345,7 +377,7 @@ class _Run:
     while self.step < t.num_steps and not stopped_early:
       if one_in_flight:
         jax.block_until_ready(self.totals)
-      self.state, self.totals = program.train_step(self.state, self.totals, next(batches))
+      self.state, self.totals = program.train_step(self.state, self.totals, next(batches), self.active)
       self.step += 1
       self.ckpt.check()
       last = self.step == t.num_steps
@@ -390,9 +422,12 @@ class _Run:
     """The evaluation to report: the best checkpoint's with early stopping, else the final state's."""
     best = self.best
     if best is not None and best.step is not None:
-      value = 'not recorded' if best.value is None else f'{best.value:.4g}'
-      self.progress.message(f'{"Stopped early; r" if stopped_early else "R"}estoring the best checkpoint: step '
-                            f'{best.step} ({best.metric} {value})')
+      if best.per_replica:
+        chosen = f'steps {best.steps.tolist()} ({best.metric} {", ".join(f"{v:.4g}" for v in best.values)})'
+      else:
+        chosen = f'step {best.step} ({best.metric} {"not recorded" if best.value is None else f"{best.value:.4g}"})'
+      self.progress.message(f'{"Stopped early; r" if stopped_early else "R"}estoring the best '
+                            f'{"state of each replica" if best.per_replica else "checkpoint"}: {chosen}')
       self.state = best.restore(checkpoint.abstract_with_shardings(self.program.abstract, self.program.state_sharding))
       return self.evaluate(self.state)
     # A run that had already finished reports from its final checkpoint.
@@ -405,12 +440,11 @@ class _Run:
     summary = {'step': self.step, 'num_steps': self.config.train.num_steps, 'preempted': signal_name is not None,
                'stop_signal': signal_name, 'workdir': self.workdir, 'train_seconds': seconds,
                'steps_trained': self.step - self.start, **self.program.state_bytes(),
-               **({'best_step': best.step, f'best_{best.metric}': best.value, 'stopped_early': stopped_early}
-                  if best is not None else {}),
+               **(best.summary(stopped_early) if best is not None else {}),
                **{f'{split}_{k}': v for split, m in results.items() for k, v in m.items()}}
     if jax.process_index() == 0:
       (epath.Path(self.workdir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-      report_step = best.step if best is not None and best.step is not None else self.step
+      report_step = best.step if best is not None and best.step is not None and not best.per_replica else self.step
       for split, sums in (self.eval_sums.items() if results else ()):
         metrics.save(self.workdir, split, sums, report_step, self.program.summarize)  # JSON; confusion matrix PNG
     return summary

@@ -33,7 +33,8 @@ class Source(Protocol):
 
 
 def make_source(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None = None) -> Source:
-  """The source named by `cfg.name`: 'mnist1d', 'tfds' (image datasets), 'standin' (test images) or 'text'.
+  """The source named by `cfg.name`: 'mnist1d', 'tfds' (image datasets), 'standin' (test images), 'text' or
+  'planetoid' (a citation graph).
 
   `workdir`: where a source keeps what resuming and sampling must reuse (the text vocabulary).
   """
@@ -47,4 +48,7 @@ def make_source(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None =
   if cfg.name == 'text':
     from jaxlab.data import text
     return text.load(cfg, seed, workdir)
-  raise ConfigError(f'unknown data.name {cfg.name!r}; choose from mnist1d, standin, tfds, text')
+  if cfg.name == 'planetoid':
+    from jaxlab.data import planetoid
+    return planetoid.load(cfg, seed)
+  raise ConfigError(f'unknown data.name {cfg.name!r}; choose from mnist1d, planetoid, standin, tfds, text')

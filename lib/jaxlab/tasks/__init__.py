@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import ml_collections
 
 from jaxlab import imports, models, optim
 from jaxlab import config as config_lib
+from jaxlab.errors import ConfigError
 from jaxlab.tasks.base import Task
 from jaxlab.tasks.classification import Classification
 from jaxlab.tasks.language_model import LanguageModel, Samples
 from jaxlab.tasks.masked_lm import MaskedLM
+from jaxlab.tasks.node_classification import NodeClassification
+
+
+def _penalty_paths(config: ml_collections.ConfigDict) -> str:
+  try:
+    re.compile(config.loss.penalty_paths)
+  except re.error as e:
+    raise ConfigError(f'loss.penalty_paths {config.loss.penalty_paths!r} is not a regular expression: {e}') from None
+  return config.loss.penalty_paths
 
 
 def classification(config: ml_collections.ConfigDict, source: Any) -> Classification:
   tx, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
   model = models.create(config.model, source.num_classes)
   loss = config.loss
-  return Classification(model, tx, source.num_classes, loss.label_smoothing, loss.l1, loss.l2)
+  return Classification(model, tx, source.num_classes, loss.label_smoothing, loss.l1, loss.l2, _penalty_paths(config))
+
+
+def node_classification(config: ml_collections.ConfigDict, source: Any) -> NodeClassification:
+  """Full-batch classification of a graph's nodes (a graph source, data.name='planetoid')."""
+  config_lib.require(getattr(source, 'num_features', None) is not None,
+                     f'task node_classification needs a graph data source (data.name planetoid), not {config.data.name!r}')
+  config_lib.require(not (config.loss.l1 or config.loss.label_smoothing),
+                     'task node_classification takes loss.l2 only (no l1, no label smoothing)')
+  tx, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
+  model = models.create(config.model, source.num_classes, num_features=source.num_features)
+  return NodeClassification(model, tx, source.num_classes, config.loss.l2, _penalty_paths(config))
 
 
 def _sequence_model(config: ml_collections.ConfigDict, vocab_size: int) -> Any:
@@ -46,7 +68,8 @@ def masked_lm(config: ml_collections.ConfigDict, source: Any) -> MaskedLM:
 
 # name -> make(config, source) -> Task. A task of one's own is any such function, named by import path.
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, Any], Task]] = {
-    'classification': classification, 'language_model': language_model, 'masked_lm': masked_lm}
+    'classification': classification, 'language_model': language_model, 'masked_lm': masked_lm,
+    'node_classification': node_classification}
 
 
 def make(config: ml_collections.ConfigDict, source: Any) -> Task:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -14,9 +15,12 @@ from jaxlab.state import TrainState
 from jaxlab.tasks.base import Batch, Metrics, OneModel
 
 
-def weight_penalty(params: Any, l1: float, l2: float) -> jax.Array:
-  """l1 * sum|w| + l2/2 * sum w^2 over the weight matrices and kernels (not biases or BatchNorm scales)."""
-  kernels = [w for path, w in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == 'kernel']
+def weight_penalty(params: Any, l1: float, l2: float, paths: str = '') -> jax.Array:
+  """l1 * sum|w| + l2/2 * sum w^2 over the kernels (not biases or BatchNorm scales) whose path
+  ('layer_0/kernel') `paths` matches at its start; '' matches all."""
+  pattern = re.compile(paths)
+  kernels = [w for path, w in jax.tree_util.tree_leaves_with_path(params)
+             if path[-1].key == 'kernel' and pattern.match('/'.join(k.key for k in path))]
   total = jnp.zeros((), jnp.float32)
   if l1:
     total += l1 * sum(jnp.sum(jnp.abs(w)) for w in kernels)
@@ -33,6 +37,7 @@ class Classification(OneModel):
   label_smoothing: float = 0.0
   l1: float = 0.0
   l2: float = 0.0
+  penalty_paths: str = ''
 
   def _loss(self, params, state: TrainState, batch: Batch):
     # Per-step randomness from (run rng, step): identical whether or not the run was resumed.
@@ -40,7 +45,7 @@ class Classification(OneModel):
     logits, updates = self.model.apply({'params': params, **state.model_state}, batch['x'], train=True,
                                        rngs={'dropout': rng}, mutable=list(state.model_state))
     labels = optax.smooth_labels(jax.nn.one_hot(batch['y'], self.num_classes), self.label_smoothing)
-    loss = optax.softmax_cross_entropy(logits, labels).mean() + weight_penalty(params, self.l1, self.l2)
+    loss = optax.softmax_cross_entropy(logits, labels).mean() + weight_penalty(params, self.l1, self.l2, self.penalty_paths)
     return loss, (logits, updates)
 
   def gradients(self, state: TrainState, batch: Batch) -> tuple[Any, Metrics, Any]:
@@ -49,18 +54,21 @@ class Classification(OneModel):
     return grads, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['y'])}, dict(model_state)
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
-    """Sums over real examples: loss, correct, top-5 correct (over 5 classes), and the confusion matrix."""
     logits = self.model.apply({'params': state.params, **state.model_state}, batch['x'], train=False)
-    real = batch['mask'] > 0
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['y'])
-    predicted = jnp.argmax(logits, -1)
-    # Counts in int32: float32 sums are exact only up to 2**24 examples.
-    count = lambda hits: jnp.sum(hits & real, dtype=jnp.int32)
-    sums = {'loss': jnp.sum(jnp.where(real, loss, 0.0)), 'accuracy': count(predicted == batch['y']),
-            'count': count(jnp.ones_like(real))}
-    if self.num_classes > 5:
-      sums['top5_accuracy'] = count(jnp.any(jax.lax.top_k(logits, 5)[1] == batch['y'][:, None], axis=-1))
-    # confusion[true, predicted] as a matmul: O(batch * classes^2) memory would not fit ImageNet.
-    truth = jax.nn.one_hot(batch['y'], self.num_classes, dtype=jnp.int32) * real[:, None]
-    sums['confusion'] = truth.T @ jax.nn.one_hot(predicted, self.num_classes, dtype=jnp.int32)
-    return sums
+    return eval_sums(logits, batch['y'], batch['mask'] > 0, self.num_classes)
+
+
+def eval_sums(logits: jax.Array, labels: jax.Array, real: jax.Array, num_classes: int) -> Metrics:
+  """Sums over the real examples: loss, correct, top-5 correct (over 5 classes), and the confusion matrix."""
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  predicted = jnp.argmax(logits, -1)
+  # Counts in int32: float32 sums are exact only up to 2**24 examples.
+  count = lambda hits: jnp.sum(hits & real, dtype=jnp.int32)
+  sums = {'loss': jnp.sum(jnp.where(real, loss, 0.0)), 'accuracy': count(predicted == labels),
+          'count': count(jnp.ones_like(real))}
+  if num_classes > 5:
+    sums['top5_accuracy'] = count(jnp.any(jax.lax.top_k(logits, 5)[1] == labels[:, None], axis=-1))
+  # confusion[true, predicted] as a matmul: O(batch * classes^2) memory would not fit ImageNet.
+  truth = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32) * real[:, None]
+  sums['confusion'] = truth.T @ jax.nn.one_hot(predicted, num_classes, dtype=jnp.int32)
+  return sums
