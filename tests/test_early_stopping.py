@@ -51,7 +51,7 @@ def test_the_test_split_cannot_drive_early_stopping(tmp_path):
 
 def test_patience_counts_evaluations_since_the_best(tmp_path):
   tracker = early_stopping.BestCheckpoint(str(tmp_path), 'validation_loss', 'min', 2, 10)
-  assert tracker.update(30, {'validation': {'loss': 0.5}}, {'w': np.zeros(2)}, {})
+  assert tracker.update(30, {'validation': {'loss': 0.5}}, {'w': np.zeros(2)})
   assert not tracker.should_stop(40) and tracker.should_stop(50)
   assert tracker._better(np.array([0.4])) and not tracker._better(np.array([0.5]))
   tracker.close()
@@ -60,15 +60,17 @@ def test_patience_counts_evaluations_since_the_best(tmp_path):
 def test_the_best_value_is_read_from_the_checkpoint_itself_never_from_a_separate_record(tmp_path):
   state = {'w': np.arange(3.0)}
   tracker = early_stopping.BestCheckpoint(str(tmp_path), 'validation_accuracy', 'max', 0, 5)
-  assert tracker.update(10, {'validation': {'accuracy': 0.5}}, state, {})
-  assert not tracker.update(15, {'validation': {'accuracy': 0.4}}, {'w': np.zeros(3)}, {})
+  assert tracker.update(10, {'validation': {'accuracy': 0.5}}, state)
+  assert not tracker.update(15, {'validation': {'accuracy': 0.4}}, {'w': np.zeros(3)})
+  tracker.save(15, {})
   tracker.close()
   # A record such as older versions wrote beside the checkpoint, gone stale: it must not matter.
   (tmp_path / 'best' / 'best.json').write_text(json.dumps({'step': 5, 'value': 0.3, 'metric': 'validation_accuracy'}))
   reopened = early_stopping.BestCheckpoint(str(tmp_path), 'validation_accuracy', 'max', 0, 5)
   assert (reopened.step, reopened.value) == (10, 0.5)
   # So a worse value (0.4 > the stale 0.3, < the true 0.5) does not overwrite the only best checkpoint.
-  assert not reopened.update(20, {'validation': {'accuracy': 0.4}}, {'w': np.zeros(3)}, {})
+  assert not reopened.update(20, {'validation': {'accuracy': 0.4}}, {'w': np.zeros(3)})
+  reopened.save(20, {})  # nothing new to write
   np.testing.assert_array_equal(reopened.restore({'w': np.zeros(3)})['w'], np.arange(3.0))
   reopened.close()
 
@@ -76,7 +78,7 @@ def test_the_best_value_is_read_from_the_checkpoint_itself_never_from_a_separate
 @pytest.mark.parametrize('mode,values', [('max', (0.5, 0.5, 0.4)), ('min', (0.5, 0.5, 0.6))])
 def test_a_tie_does_not_replace_the_earlier_best(tmp_path, mode, values):
   tracker = early_stopping.BestCheckpoint(str(tmp_path), 'validation_loss', mode, 2, 5)
-  improved = [bool(tracker.update(step, {'validation': {'loss': v}}, {'w': np.full(2, step, np.float32)}, {}))
+  improved = [bool(tracker.update(step, {'validation': {'loss': v}}, {'w': np.full(2, step, np.float32)}))
               for step, v in zip((5, 10, 15), values)]
   assert improved == [True, False, False] and tracker.step == 5
   assert tracker.should_stop(15)  # two evaluations (10, 15) without a strict improvement

@@ -165,8 +165,8 @@ def cora_config(name='gcn', **overrides):
 
 
 @needs_cora
-def test_a_resumed_gat_run_ends_bitwise_like_an_uninterrupted_one(tmp_path):
-  config = cora_config('gat', **{'model.heads': 2, 'model.hidden': 4})
+def test_a_resumed_gat_run_of_two_seeds_ends_bitwise_like_an_uninterrupted_one(tmp_path):
+  config = cora_config('gat', **{'model.heads': 2, 'model.hidden': 4, 'num_replicas': 2})
   final = {}
   keep = lambda name: lambda step, state: final.update({name: jax.device_get(state.params)})
   whole = train.train(config, str(tmp_path / 'whole'), hooks=[keep('whole')])
@@ -177,8 +177,10 @@ def test_a_resumed_gat_run_ends_bitwise_like_an_uninterrupted_one(tmp_path):
   assert resumed['steps_trained'] == 12 - preempted['step']
   for a, b in zip(jax.tree.leaves(final['whole']), jax.tree.leaves(final['resumed']), strict=True):
     np.testing.assert_array_equal(a, b)
-  for key in ('validation_loss', 'test_loss', 'test_accuracy', 'best_validation_loss', 'best_step'):
+  for key in ('validation_loss_replicas', 'test_loss_replicas', 'test_accuracy_replicas',
+              'best_validation_loss_replicas', 'best_step_replicas'):
     assert resumed[key] == whole[key], key
+  assert whole['test_loss_replicas'][0] != whole['test_loss_replicas'][1]
 
 
 def test_node_classification_needs_a_graph_source(tmp_path):

@@ -334,6 +334,8 @@ class _Run:
                                f'Last good checkpoint: {self._last_good()}')
     began = time.perf_counter()
     self.writer.flush()  # TensorBoard holds every point up to the checkpoint, as metrics.jsonl does
+    if self.best is not None:
+      self.best.save(self.step, config_lib.to_dict(self.config))  # first: a checkpoint never outruns its best
     self.ckpt.save(self.step, self.state, config_lib.to_dict(self.config))
     self.paused += time.perf_counter() - began
 
@@ -352,7 +354,7 @@ class _Run:
       self.writer.write_showcase(self.step, showcase(self.state))
     stopped_early = False
     if self.best is not None:
-      self.best.update(self.step, results, self.state, config_lib.to_dict(self.config))
+      self.best.update(self.step, results, self.state)
       stopped_early = not last and self.best.should_stop(self.step)
       self._note_stopped_replicas()
     self.paused += time.perf_counter() - began
