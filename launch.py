@@ -2,6 +2,7 @@
 
   python launch.py [train] --config=configs/mnist1d/cnn.py[:arg] [--config.a.b=value ...] [--workdir=DIR]
   python launch.py bench   --config=... [--bench_steps=N --bench_repeats=R] [--bench_replicas=8]
+                           [--bench_against=model.propagation=dense,...]
   python launch.py sweep   --config=... [--config.a.b=value ...] [--workdir=DIR] [--parallel=N]
   python launch.py search  --config=... [--trials=20] [--parallel=N] [--metric=validation_accuracy] [--direction=maximize]
   python launch.py results SWEEP_WORKDIR [--metric=test_accuracy]
@@ -39,6 +40,8 @@ _BENCH_STEPS = flags.DEFINE_integer('bench_steps', 2000, 'bench: timed steps per
 _BENCH_REPEATS = flags.DEFINE_integer('bench_repeats', 5, 'bench: repeats (the median is reported).')
 _BENCH_REPLICAS = flags.DEFINE_integer(
     'bench_replicas', 0, 'bench: >0 times that many seeds as one vmapped run against as many separate runs.')
+_BENCH_AGAINST = flags.DEFINE_list(
+    'bench_against', [], 'bench: key=value overrides; times the config with them against the config without.')
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'sweep/search: runs at a time, each on its share of the CPU cores.')
 _METRIC = flags.DEFINE_string('metric', 'test_accuracy',
                               'sweep/results: the summary metric to plot; search: the one to tune (default validation_accuracy).')
@@ -159,7 +162,9 @@ def _run(command: str) -> None:
   workdir = _workdir() if command == 'train' else None
   if command == 'bench':
     from jaxlab import bench
-    if _BENCH_REPLICAS.value:
+    if _BENCH_AGAINST.value:
+      bench.run_against(config, _BENCH_AGAINST.value, steps=_BENCH_STEPS.value, repeats=_BENCH_REPEATS.value)
+    elif _BENCH_REPLICAS.value:
       bench.run_replicas(config, _BENCH_REPLICAS.value, repeats=_BENCH_REPEATS.value)
     else:
       bench.run(config, steps=_BENCH_STEPS.value, repeats=_BENCH_REPEATS.value)

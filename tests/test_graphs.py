@@ -101,10 +101,11 @@ def test_planetoid_and_linqs_readers_give_the_same_graph():
 # --- models ----------------------------------------------------------------------------------------
 
 
-def test_gcn_propagation_equals_the_dense_normalised_adjacency_formula():
+@pytest.mark.parametrize('propagation', ['edges', 'dense'])
+def test_gcn_propagation_equals_the_dense_normalised_adjacency_formula(propagation):
   batch, features = small_graph()
   n = len(batch['y'])
-  model = graph_models.GCN(num_classes=3, num_features=5, hidden=4)
+  model = graph_models.GCN(num_classes=3, num_features=5, hidden=4, propagation=propagation)
   params = model.init(jax.random.PRNGKey(0), batch)['params']
   a_hat = dense_adjacency(batch, n) + np.eye(n)
   d = np.diag(a_hat.sum(1) ** -0.5)

@@ -17,6 +17,7 @@ import ml_collections
 import optax
 from flax.core import meta
 
+from jaxlab import config as config_lib
 from jaxlab import data, models, optim, train
 from jaxlab.errors import ConfigError
 
@@ -109,6 +110,32 @@ def run(config: ml_collections.ConfigDict, steps: int = 2000, repeats: int = 5) 
   print(f'median: framework {result["framework_steps_per_sec"]:.4g} steps/s | hand loop '
         f'{result["hand_steps_per_sec"]:.4g} steps/s | framework time / hand-loop time = {result["time_ratio"]:.3f}',
         flush=True)
+  return result
+
+
+def run_against(config: ml_collections.ConfigDict, overrides: list[str], steps: int = 2000,
+                repeats: int = 5) -> dict[str, float]:
+  """The framework loop on `config` against the same with `overrides` ('key=value'), alternating repeats:
+  median steps/s of each and their ratio (e.g. two implementations of one layer)."""
+  _check_counts(bench_steps=steps, bench_repeats=repeats)
+  other = config.copy_and_resolve_references()
+  for override in overrides:
+    key, sep, value = override.partition('=')
+    if not sep:
+      raise ConfigError(f'--bench_against {override!r} is not of the form key=value')
+    config_lib.set_value(other, key, value)
+  label = ', '.join(overrides)
+  print(f'bench: model {config.model.name}, {jax.device_count()} {jax.devices()[0].platform} device(s); '
+        f'{repeats} repeats of {steps} steps, against {label}', flush=True)
+  base, changed = [], []
+  for r in range(repeats):
+    base.append(framework_steps_per_sec(config, steps))
+    changed.append(framework_steps_per_sec(other, steps))
+    print(f'  repeat {r + 1}: config {base[-1]:.4g} steps/s, {label} {changed[-1]:.4g} steps/s', flush=True)
+  result = {'steps_per_sec': statistics.median(base), 'against_steps_per_sec': statistics.median(changed)}
+  result['time_ratio'] = result['steps_per_sec'] / result['against_steps_per_sec']
+  print(f'median: config {result["steps_per_sec"]:.4g} steps/s | {label} {result["against_steps_per_sec"]:.4g} '
+        f'steps/s | time with {label} / time without = {result["time_ratio"]:.3f}', flush=True)
   return result
 
 

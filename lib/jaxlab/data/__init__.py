@@ -14,7 +14,12 @@ Batch = dict[str, np.ndarray]
 
 
 class Source(Protocol):
-  """What the loop reads from a data source; every wrapper (replicas.ReplicatedSource) spells it out."""
+  """What the loop reads from a data source; every wrapper (replicas.ReplicatedSource) spells it out.
+
+  Optional: `full_batch = True` for a source whose every batch is the whole dataset, the same for
+  every step and seed (a graph): the loop replicates it on every device, replicas share it, and
+  data.batch_size is not split over devices.
+  """
 
   num_classes: int
 

@@ -28,7 +28,8 @@ How other families fit the same loop:
   holds two optax transformations and `train_step` updates both.
 * RL: the data source yields empty batches; `train_step` runs the environment rollout and the
   update inside the one jitted function (the environment is pure JAX).
-* Graphs: the source yields the same full graph every step; masks select the split's nodes.
+* Graphs (tasks/node_classification.py): a `full_batch` source yields the whole graph every step;
+  batch['mask'] selects the split's nodes.
 """
 
 from __future__ import annotations
