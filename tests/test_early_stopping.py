@@ -86,7 +86,9 @@ def test_a_tie_does_not_replace_the_earlier_best(tmp_path, mode, values):
 
 
 def _loss_stopping(**overrides):
-  config = _config(**{'train.num_steps': 200, 'data.num_samples': 600, 'seed': 4, **overrides})
+  config = tiny_config('mlp', **{'data.validation_size': 200, 'train.num_steps': 200, 'train.eval_every': 5,
+                                 'train.log_every': 5, 'train.checkpoint_every': 0, 'data.num_samples': 600, 'seed': 4,
+                                 **overrides})
   config_lib.set_value(config, 'train.early_stopping_metric', 'validation_loss')
   config_lib.set_value(config, 'train.early_stopping_mode', 'min')
   config_lib.set_value(config, 'train.early_stopping_patience', 2)

@@ -132,10 +132,10 @@ def test_two_processes_share_the_grain_pipeline_and_prepare_tfds_once(tmp_path):
   data_dir = os.environ.get('JAXLAB_DATA_DIR', '')
   if not os.path.isdir(os.path.join(data_dir, 'fashion_mnist')):
     pytest.skip('needs the Fashion-MNIST IDX files under $JAXLAB_DATA_DIR/fashion_mnist')
-  cache, data = str(tmp_path / 'cache'), {'JAXLAB_DATA_DIR': data_dir}
-  _one_process(tmp_path / 'single', cache, FASHION_MLP, TFDS_DATA_DIR=str(tmp_path / 'tfds_single'), **data)
-  outputs = _two_processes(tmp_path / 'multi', cache, False, FASHION_MLP, TFDS_DATA_DIR=str(tmp_path / 'tfds'), **data)
+  cache, data = str(tmp_path / 'cache'), {'JAXLAB_DATA_DIR': data_dir, 'TFDS_DATA_DIR': str(tmp_path / 'tfds')}
+  outputs = _two_processes(tmp_path / 'multi', cache, False, FASHION_MLP, **data)
   assert 'on 4 cpu device(s)' in outputs[0] and 'Finished step 20/20' in outputs[0]
+  _one_process(tmp_path / 'single', cache, FASHION_MLP, **data)  # reads the folder the two prepared
   _assert_close(_params(tmp_path / 'single', 20), _params(tmp_path / 'multi', 20))
 
 

@@ -18,7 +18,7 @@ def text_config(task: str = 'language_model', block_size: int = 64, batch_size: 
       train_fraction=0.9,  # nanoGPT's split: the first 90 % trains, the rest validates
       block_size=block_size, batch_size=batch_size, eval_batch_size=100,
       eval_windows=500))  # fixed validation windows, spread evenly: comparable between runs
-  # What every evaluation of a language model generates (samples/ and TensorBoard's text tab).
+  # What every evaluation of a language model generates (samples/ and TensorBoard's text tab); num_samples=0: none.
   config.sample = ml_collections.ConfigDict(dict(prompt='\n', num_tokens=200, num_samples=2, temperature=1.0, top_k=0))
   return config
 

@@ -56,6 +56,7 @@ def language_model(config: ml_collections.ConfigDict, source: Any) -> LanguageMo
   tx, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
   samples = Samples(**config.sample) if 'sample' in config else Samples()
   config_lib.require(bool(samples.prompt), 'sample.prompt is empty; give at least one character')
+  config_lib.require(samples.num_samples >= 0, f'sample.num_samples must be >= 0 (0: none), got {samples.num_samples}')
   return LanguageModel(_sequence_model(config, source.num_classes), tx, source.vocab,
                        config.data.batch_size * config.data.block_size, config.data.block_size, samples)
 
