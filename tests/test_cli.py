@@ -64,8 +64,6 @@ def test_end_to_end_run_writes_metrics_events_checkpoint_and_summary(tmp_path):
     (['--config.mesh.data=0', '--workdir={tmp}/w'], 'mesh axis sizes must be positive or -1'),
     (['--config.train.early_stopping_metric=validation_accuracy', '--workdir={tmp}/w'],
      'train.early_stopping_metric needs a validation split'),
-    (['--config.train.early_stopping_metric=validation_accuracy', '--config.num_replicas=2', '--workdir={tmp}/w'],
-     'train.early_stopping_metric needs num_replicas=1'),
     ([*FAST, '--config.data.validation_size=200', '--config.train.num_steps=2',
       '--config.train.early_stopping_metric=validation_acc', '--workdir={tmp}/w'],
      "'validation_acc' is not among the validation metrics: validation_accuracy, validation_loss"),
@@ -78,6 +76,14 @@ def test_end_to_end_run_writes_metrics_events_checkpoint_and_summary(tmp_path):
     (['sweep', '--workdir='], '--workdir is empty'),
     (['bench', '--bench_steps=0'], '--bench_steps must be >= 1, got 0'),
     (['bench', '--bench_repeats=0'], '--bench_repeats must be >= 1, got 0'),
+    (['bench', '--bench_against=model.channels'], "--bench_against 'model.channels' is not of the form key=value"),
+    (['bench', '--bench_against=model.chanels=4'], "unknown config key 'model.chanels'"),
+    (['--config=configs/cora/gcn.py', '--config.data.batch_size=2', '--workdir={tmp}/w'],
+     'data.batch_size and data.eval_batch_size count whole graphs and must be 1'),
+    (['--config=configs/cora/gcn.py', '--config.model.propagation=sparse', '--workdir={tmp}/w'],
+     "propagation must be 'edges' or 'dense', got 'sparse'"),
+    (['--config=configs/cora/gcn.py', '--config.loss.penalty_paths=layer_(', '--workdir={tmp}/w'],
+     "loss.penalty_paths 'layer_(' is not a regular expression"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   (tmp_path / 'file').write_text('')

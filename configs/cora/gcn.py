@@ -11,7 +11,7 @@ from jaxlab.data.graph_configs import graph_config
 def get_config(arg=None):
   del arg
   config = graph_config()
-  config.model = dict(name='gcn', hidden=16, dropout=0.5)
+  config.model = dict(name='gcn', hidden=16, dropout=0.5, propagation='edges')  # or 'dense' (slower here)
   config.loss.update(dict(l2=5e-4, penalty_paths='layer_0/'))
   config.optimizer.update(dict(name='adam', learning_rate=0.01))
   config.train.update(dict(num_steps=200, early_stopping_metric='validation_loss', early_stopping_mode='min',

@@ -10,7 +10,7 @@ import functools
 import statistics
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -91,6 +91,16 @@ def _check_counts(**counts: int) -> None:
       raise ConfigError(f'--{name} must be >= 1, got {value}')
 
 
+def _alternating(repeats: int, measures: dict[str, Callable[[], float]]) -> list[float]:
+  """Median steps/s of each measure, run in turn `repeats` times so machine noise hits all alike."""
+  results = {name: [] for name in measures}
+  for r in range(repeats):
+    for name, measure in measures.items():
+      results[name].append(measure())
+    print(f'  repeat {r + 1}: ' + ', '.join(f'{name} {v[-1]:.4g} steps/s' for name, v in results.items()), flush=True)
+  return [statistics.median(v) for v in results.values()]
+
+
 def run(config: ml_collections.ConfigDict, steps: int = 2000, repeats: int = 5) -> dict[str, float]:
   """Prints and returns median steps/s of both loops and framework time / hand-loop time."""
   _check_counts(bench_steps=steps, bench_repeats=repeats)
@@ -100,12 +110,9 @@ def run(config: ml_collections.ConfigDict, steps: int = 2000, repeats: int = 5) 
   print(f'bench: model {config.model.name}, optimizer {config.optimizer.name}, batch {config.data.batch_size}, '
         f'{jax.device_count()} {jax.devices()[0].platform} device(s); {repeats} repeats of {steps} steps', flush=True)
   print(format_memory(train.compiled_memory(config)), flush=True)
-  framework, hand = [], []
-  for r in range(repeats):
-    framework.append(framework_steps_per_sec(config, steps))
-    hand.append(hand_loop_steps_per_sec(config, steps))
-    print(f'  repeat {r + 1}: framework {framework[-1]:.4g} steps/s, hand loop {hand[-1]:.4g} steps/s', flush=True)
-  result = {'framework_steps_per_sec': statistics.median(framework), 'hand_steps_per_sec': statistics.median(hand)}
+  framework, hand = _alternating(repeats, {'framework': lambda: framework_steps_per_sec(config, steps),
+                                           'hand loop': lambda: hand_loop_steps_per_sec(config, steps)})
+  result = {'framework_steps_per_sec': framework, 'hand_steps_per_sec': hand}
   result['time_ratio'] = result['hand_steps_per_sec'] / result['framework_steps_per_sec']
   print(f'median: framework {result["framework_steps_per_sec"]:.4g} steps/s | hand loop '
         f'{result["hand_steps_per_sec"]:.4g} steps/s | framework time / hand-loop time = {result["time_ratio"]:.3f}',
@@ -127,12 +134,9 @@ def run_against(config: ml_collections.ConfigDict, overrides: list[str], steps: 
   label = ', '.join(overrides)
   print(f'bench: model {config.model.name}, {jax.device_count()} {jax.devices()[0].platform} device(s); '
         f'{repeats} repeats of {steps} steps, against {label}', flush=True)
-  base, changed = [], []
-  for r in range(repeats):
-    base.append(framework_steps_per_sec(config, steps))
-    changed.append(framework_steps_per_sec(other, steps))
-    print(f'  repeat {r + 1}: config {base[-1]:.4g} steps/s, {label} {changed[-1]:.4g} steps/s', flush=True)
-  result = {'steps_per_sec': statistics.median(base), 'against_steps_per_sec': statistics.median(changed)}
+  base, changed = _alternating(repeats, {'config': lambda: framework_steps_per_sec(config, steps),
+                                        label: lambda: framework_steps_per_sec(other, steps)})
+  result = {'steps_per_sec': base, 'against_steps_per_sec': changed}
   result['time_ratio'] = result['steps_per_sec'] / result['against_steps_per_sec']
   print(f'median: config {result["steps_per_sec"]:.4g} steps/s | {label} {result["against_steps_per_sec"]:.4g} '
         f'steps/s | time with {label} / time without = {result["time_ratio"]:.3f}', flush=True)
