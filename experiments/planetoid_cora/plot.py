@@ -2,8 +2,9 @@
 
   python experiments/planetoid_cora/plot.py runs/cora-gcn runs/cora-gat
 
-Left: each replica's validation loss per epoch, its best epoch marked. Right: each replica's
-test accuracy at its best epoch, beside the paper's number.
+Left: each replica's validation loss per epoch until its early stopping froze it, its best epoch
+marked. Right: each replica's test accuracy at its best epoch (equal values stacked), beside the
+paper's number.
 """
 
 import json
@@ -31,15 +32,19 @@ def main(workdirs):
     with open(os.path.join(workdir, 'summary.json')) as f:
       summary = json.load(f)
     with open(os.path.join(workdir, 'config.json')) as f:
-      name = json.load(f)['model']['name']
+      config = json.load(f)
+    name, patience = config['model']['name'], config['train']['early_stopping_patience']
     steps, losses = _curves(workdir)
     for loss, best in zip(losses, summary['best_step_replicas']):
-      line, = curve_ax.plot(steps[:len(loss)], loss, lw=0.8, alpha=0.6)
+      end = steps.index(min(best + patience, steps[-1])) + 1  # where its early stopping froze it
+      line, = curve_ax.plot(steps[:end], loss[:end], lw=0.8, alpha=0.6)
       curve_ax.plot(best, loss[steps.index(best)], 'o', ms=3, color=line.get_color())
     curve_ax.set(title=f'{name.upper()}: validation loss of {len(losses)} seeds (dot: best epoch)', xlabel='epoch',
                  ylabel='validation loss')
-    accuracy = [100 * a for a in summary['test_accuracy_replicas']]
-    dots_ax.plot(accuracy, [0] * len(accuracy), '|', ms=30, label=f'ours, {len(accuracy)} seeds')
+    accuracy = [round(100 * a, 1) for a in summary['test_accuracy_replicas']]
+    height = [accuracy[:i].count(a) for i, a in enumerate(accuracy)]  # equal values stacked
+    dots_ax.plot(accuracy, height, 'o', label=f'ours, {len(accuracy)} seeds')
+    dots_ax.set_ylim(-1, max(height) + 4)
     mean = sum(accuracy) / len(accuracy)
     dots_ax.axvline(mean, color='C0', lw=2, label=f'ours, mean {mean:.1f} %')
     paper, spread = PAPER[name]

@@ -25,11 +25,18 @@ WARMUP_STEPS = 50
 HAND_LOOP_TASKS = ('classification', 'language_model')
 
 
+def _training_only(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy that neither evaluates nor checkpoints before the end (so no early stopping either)."""
+  config = config.copy_and_resolve_references()
+  config.train.eval_every = config.train.checkpoint_every = 0
+  config.train.early_stopping_metric = ''
+  return config
+
+
 def framework_steps_per_sec(config: ml_collections.ConfigDict, steps: int) -> float:
   """Steps/s of train.train() between step WARMUP_STEPS and the step before the last."""
-  config = config.copy_and_resolve_references()
+  config = _training_only(config)
   config.train.num_steps = WARMUP_STEPS + steps + 1
-  config.train.eval_every = config.train.checkpoint_every = 0
   marks = {}
 
   def clock(step, state):
@@ -153,8 +160,7 @@ def _timed_train(config: ml_collections.ConfigDict) -> float:
 def run_replicas(config: ml_collections.ConfigDict, num_replicas: int = 8, repeats: int = 3) -> dict[str, float]:
   """Wall time of `num_replicas` seeds as one vmapped run against as many separate runs (in-process)."""
   _check_counts(bench_replicas=num_replicas, bench_repeats=repeats)
-  config = config.copy_and_resolve_references()
-  config.train.eval_every = config.train.checkpoint_every = 0
+  config = _training_only(config)
   print(f'bench replicas: {num_replicas} seeds of model {config.model.name}, {config.train.num_steps} steps each, '
         f'{jax.device_count()} {jax.devices()[0].platform} device(s), {repeats} repeats', flush=True)
   together, separate = [], []
