@@ -133,11 +133,7 @@ def run_against(config: ml_collections.ConfigDict, overrides: list[str], steps: 
   median steps/s of each and their ratio (e.g. two implementations of one layer)."""
   _check_counts(bench_steps=steps, bench_repeats=repeats)
   other = config.copy_and_resolve_references()
-  for override in overrides:
-    key, sep, value = override.partition('=')
-    if not sep:
-      raise ConfigError(f'--bench_against {override!r} is not of the form key=value')
-    config_lib.set_value(other, key, value)
+  config_lib.apply_overrides(other, overrides, '--bench_against')
   label = ', '.join(overrides)
   print(f'bench: model {config.model.name}, {jax.device_count()} {jax.devices()[0].platform} device(s); '
         f'{repeats} repeats of {steps} steps, against {label}', flush=True)

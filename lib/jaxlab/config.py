@@ -37,12 +37,17 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:arg]` and applies `a.b=value` overrides; returns a locked config."""
   config = call(spec, 'get_config')
   config.lock()
+  apply_overrides(config, overrides)
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str], what: str = 'override') -> None:
+  """Sets each 'a.b=value' of `overrides` (`what` names them in the error for one without '=')."""
   for override in overrides:
     key, sep, value = override.partition('=')
     if not sep:
-      raise ConfigError(f'override {override!r} is not of the form key=value')
+      raise ConfigError(f'{what} {override!r} is not of the form key=value')
     set_value(config, key, value)
-  return config
 
 
 def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:

@@ -105,7 +105,7 @@ class BestCheckpoint:
       return improved
     # A new array either way: the loop donates `state` to its next step.
     if self._states is None and self._saved is not None:  # resumed: the best so far is on disk
-      self._states = self._ckpt.restore(self._saved, jax.tree.map(_like, state), self._meta)
+      self._states = self.restore(jax.tree.map(_like, state))
     kept = state if self._states is None else self._states
     self._states = select(jnp.asarray(improved if self.per_replica else improved[0]), state, kept)
     self.steps, self.values = np.where(improved, step, self.steps), np.where(improved, values, self.values)

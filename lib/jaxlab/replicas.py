@@ -35,7 +35,8 @@ class ReplicatedSource:
   num_replicas: int
 
   def __post_init__(self):
-    self._copies = [dataclasses.replace(self.base, seed=self.base.seed + r) for r in range(self.num_replicas)]
+    self._copies = [] if self.full_batch else [dataclasses.replace(self.base, seed=self.base.seed + r)
+                                               for r in range(self.num_replicas)]
 
   @property
   def num_classes(self) -> int:

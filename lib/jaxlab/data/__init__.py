@@ -55,5 +55,5 @@ def make_source(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None =
     return text.load(cfg, seed, workdir)
   if cfg.name == 'planetoid':
     from jaxlab.data import planetoid
-    return planetoid.load(cfg, seed)
+    return planetoid.load(cfg)
   raise ConfigError(f'unknown data.name {cfg.name!r}; choose from mnist1d, planetoid, standin, tfds, text')

@@ -30,7 +30,6 @@ Batch = dict[str, np.ndarray]
 SPLITS = ('train', 'validation', 'test')
 
 
-@dataclasses.dataclass
 class _CSR:
   """The state of a pickled scipy.sparse.csr_matrix (data, indices, indptr, _shape), without scipy."""
 
@@ -165,7 +164,6 @@ class GraphSource:
   """
 
   graph: Graph
-  seed: int
   full_batch = True
 
   def __post_init__(self):
@@ -200,7 +198,7 @@ class GraphSource:
     yield self.batch(split)
 
 
-def load(cfg: ml_collections.ConfigDict, seed: int) -> GraphSource:
+def load(cfg: ml_collections.ConfigDict) -> GraphSource:
   """data.name='planetoid': `data.dataset` (cora) from `data.path` (default $JAXLAB_DATA_DIR/<dataset>)."""
   directory = cfg.path or os.path.join(os.environ.get('JAXLAB_DATA_DIR', ''), cfg.dataset)
   if not cfg.path and not os.environ.get('JAXLAB_DATA_DIR'):
@@ -209,4 +207,4 @@ def load(cfg: ml_collections.ConfigDict, seed: int) -> GraphSource:
   if (cfg.batch_size, cfg.eval_batch_size) != (1, 1):
     raise ConfigError('data.batch_size and data.eval_batch_size count whole graphs and must be 1 (full-batch), '
                       f'got {cfg.batch_size} and {cfg.eval_batch_size}')
-  return GraphSource(read_planetoid(directory, cfg.dataset), seed)
+  return GraphSource(read_planetoid(directory, cfg.dataset))
