@@ -9,9 +9,10 @@
   python launch.py sample  --workdir=DIR [--prompt=TEXT --num_tokens=N --temperature=T --top_k=K --seed=S
                            --num_samples=M --checkpoint=newest|best]   (a language-model run)
   python launch.py tpu     --tpu=NAME --zone=ZONE [...] -- <launch.py arguments>   (see jaxlab/tpu.py)
+  python launch.py slurm   [--nodes=N --gpus-per-node=G --time=T ...] -- <launch.py arguments>   (see jaxlab/slurm.py)
 
 Multi-process runs: --coordinator_address/--num_processes/--process_id (or JAXLAB_* env vars);
-on a Cloud TPU VM the slice is joined automatically.
+on a Cloud TPU VM and inside a SLURM job step of several tasks the job is joined automatically.
 """
 
 import os
@@ -21,7 +22,7 @@ import traceback
 
 from jaxlab import stop
 
-PARENT_COMMANDS = ('sweep', 'search', 'results', 'tpu')  # they start runs and handle signals themselves
+PARENT_COMMANDS = ('sweep', 'search', 'results', 'tpu', 'slurm')  # they start runs and handle signals themselves
 if __name__ == '__main__' and sys.argv[1:2] not in [[c] for c in PARENT_COMMANDS]:
   # First thing: from here on SIGTERM or a Ctrl-C during start-up exits 0 instead of a traceback.
   stop.install()
@@ -92,7 +93,7 @@ def _parse(argv: list[str]) -> list[str]:
     if len(rest) != 3:
       _fail('usage: launch.py results SWEEP_WORKDIR [--metric=NAME]')
   elif len(rest) > 2 or (len(rest) == 2 and rest[1] not in COMMANDS):
-    _fail(f'unknown command {" ".join(rest[1:])!r}; commands: {", ".join(COMMANDS + ("tpu",))}')
+    _fail(f'unknown command {" ".join(rest[1:])!r}; commands: {", ".join(COMMANDS + ("tpu", "slurm"))}')
   return rest
 
 
@@ -114,17 +115,12 @@ def _unknown_key_message(error: str, argv: list[str]) -> str:
   return f'unknown config key {full!r}' + (f' (did you mean {hint.group(1)!r}?)' if hint else '')
 
 
-def _default_workdir() -> str:
-  path = config_flags.get_config_filename(flags.FLAGS['config'])
-  name = os.path.splitext(os.path.basename(path))[0]
-  return os.path.join('runs', f'{os.path.basename(os.path.dirname(path))}-{name}')
-
-
 def _workdir(prefix: str = '') -> str:
   """--workdir as given (an empty one is refused), else runs/<prefix><config dir>-<config name>."""
   from jaxlab.errors import ConfigError
+  from jaxlab.remote import default_workdir
   if _WORKDIR.value is None:
-    return os.path.join('runs', prefix + os.path.basename(_default_workdir()))
+    return default_workdir(config_flags.get_config_filename(flags.FLAGS['config']), prefix)
   if not _WORKDIR.value.strip():
     raise ConfigError('--workdir is empty; give a directory, or leave the flag out for the default under runs/')
   return _WORKDIR.value
@@ -219,7 +215,7 @@ def _sweep_or_results(command: str, argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  if sys.argv[1:2] == ['tpu']:  # its own flags; what follows `--` is passed on untouched
-    from jaxlab import tpu
-    sys.exit(tpu.main(sys.argv[2:], root=HERE))
+  if sys.argv[1:2] in (['tpu'], ['slurm']):  # their own flags; what follows `--` is passed on untouched
+    from jaxlab import slurm, tpu
+    sys.exit({'tpu': tpu, 'slurm': slurm}[sys.argv[1]].main(sys.argv[2:], root=HERE))
   app.run(main, flags_parser=_parse)

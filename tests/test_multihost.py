@@ -152,7 +152,7 @@ def test_settings_come_from_flags_then_env_then_a_tpu_vm(tmp_path):
   env = {'JAXLAB_COORDINATOR_ADDRESS': 'h:1', 'JAXLAB_NUM_PROCESSES': '4', 'JAXLAB_PROCESS_ID': '3'}
   assert distributed.resolve(env=env, tpu_vm=False) == distributed.Settings('h:1', 4, 3)
   assert distributed.resolve('x:2', 2, 0, env=env, tpu_vm=False) == distributed.Settings('x:2', 2, 0)
-  assert distributed.resolve(env={}, tpu_vm=True) == distributed.Settings(auto=True)
+  assert distributed.resolve(env={}, tpu_vm=True) == distributed.Settings(auto='tpu')
   assert distributed.resolve(env={}, tpu_vm=False) is None
   with pytest.raises(ConfigError, match='missing: coordinator_address, process_id'):
     distributed.resolve(num_processes=2, env={}, tpu_vm=False)

@@ -3,7 +3,10 @@
 Where the settings come from, first match wins:
   1. explicit values (launch.py's --coordinator_address / --num_processes / --process_id);
   2. environment variables JAXLAB_COORDINATOR_ADDRESS / JAXLAB_NUM_PROCESSES / JAXLAB_PROCESS_ID;
-  3. a Cloud TPU VM: `jax.distributed.initialize()` with no arguments reads the slice's topology
+  3. a SLURM job step of several tasks (`srun`, e.g. from `launch.py slurm`): jax reads the process
+     count, rank and coordinator (the step's first node) from SLURM_* variables; on GPUs each
+     process takes the GPU of its local rank unless JAX_LOCAL_DEVICE_IDS says otherwise;
+  4. a Cloud TPU VM: `jax.distributed.initialize()` with no arguments reads the slice's topology
      from the TPU metadata (and works on a single-host slice too).
 Otherwise the run stays a single process.
 """
@@ -22,16 +25,24 @@ GOOGLE_PCI_VENDOR = '0x1ae0'
 # Device ids of TPU chips (v3, v4, v5p, v5e, v6e, 7x; as jax's hardware_utils lists them). Other
 # Google PCI devices, e.g. the gVNIC network card of any GCE VM, share the vendor id.
 TPU_PCI_DEVICES = frozenset({'0x0027', '0x0056', '0x005e', '0x0062', '0x0063', '0x006f', '0x0076'})
+# What jax's SLURM cluster detection reads (jax/_src/clusters/slurm_cluster.py).
+SLURM_STEP_VARS = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID', 'SLURM_LOCALID')
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """How this process joins the job; `auto` means 'let jax read the TPU slice's metadata'."""
+  """How this process joins the job; `auto` ('tpu' or 'slurm') means 'let jax read the cluster's own settings'."""
 
   coordinator_address: str | None = None
   num_processes: int | None = None
   process_id: int | None = None
-  auto: bool = False
+  auto: str = ''
+
+  def describe(self) -> str:
+    if self.auto == 'tpu':
+      return 'the TPU slice'
+    where = 'SLURM job' if self.auto == 'slurm' else f'coordinator {self.coordinator_address}'
+    return f'{where} as process {self.process_id} of {self.num_processes}'
 
 
 def on_tpu_vm(pci_root: str = '/sys/bus/pci/devices') -> bool:
@@ -72,8 +83,12 @@ def resolve(coordinator_address: str | None = None, num_processes: int | None = 
     if count < 1 or not 0 <= index < count:
       raise ConfigError(f'process_id must be in [0, num_processes={count}), got {index}')
     return Settings(address, count, index)
+  if all(name in env for name in SLURM_STEP_VARS):
+    tasks = _int('SLURM_NTASKS', env['SLURM_NTASKS'])
+    if tasks > 1:  # a single task (e.g. `srun python launch.py` on one GPU) stays a plain run
+      return Settings(num_processes=tasks, process_id=_int('SLURM_PROCID', env['SLURM_PROCID']), auto='slurm')
   if tpu_vm if tpu_vm is not None else on_tpu_vm():
-    return Settings(auto=True)
+    return Settings(auto='tpu')
   return None
 
 
@@ -91,7 +106,5 @@ def initialize(settings: Settings | None) -> None:
       jax.distributed.initialize(coordinator_address=settings.coordinator_address,
                                  num_processes=settings.num_processes, process_id=settings.process_id)
   except RuntimeError as e:  # XlaRuntimeError: the coordinator is unreachable or a process never came
-    where = 'the TPU slice' if settings.auto else (
-        f'coordinator {settings.coordinator_address} as process {settings.process_id} of {settings.num_processes}')
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise JaxlabError(f'could not join the multi-process job ({where}): {first_line}') from None
+    raise JaxlabError(f'could not join the multi-process job ({settings.describe()}): {first_line}') from None

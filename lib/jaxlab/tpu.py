@@ -27,32 +27,22 @@ import tempfile
 import time
 from typing import Sequence
 
+from jaxlab.remote import ArgumentParser, UsageError, log_dir, split_launch_args
+
 ACTIONS = ('run', 'status', 'logs', 'stop', 'delete')
 REMOTE_DIR = '~/jaxlab'  # code, installs and relative workdirs live here on every worker
 ARCHIVE = 'jaxlab.tar.gz'
 PID_FILE = '.launch.pid'
-DEFAULT_LOG_DIR = 'logs'
 # Runtime images by TPU generation (cloud.google.com/tpu/docs/runtimes).
 VERSIONS = {'v2': 'tpu-ubuntu2204-base', 'v3': 'tpu-ubuntu2204-base', 'v4': 'tpu-ubuntu2204-base',
             'v5litepod': 'v2-alpha-tpuv5-lite', 'v5p': 'v2-alpha-tpuv5', 'v6e': 'v2-alpha-tpuv6e'}
 GONE = ('', 'PREEMPTED', 'TERMINATED')  # '' = describe found no such TPU
 
 
-class UsageError(Exception):
-  """Bad arguments: one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message: str):
-    raise UsageError(message)
-
-
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   """(options, launch.py arguments): everything after the first `--` is passed on untouched."""
-  argv = list(argv)
-  split = argv.index('--') if '--' in argv else len(argv)
-  own, remote = argv[:split], argv[split + 1:]
-  p = _Parser(prog='launch.py tpu', add_help=True)
+  own, remote = split_launch_args(argv)
+  p = ArgumentParser(prog='launch.py tpu', add_help=True)
   p.add_argument('action', nargs='?', default='run', choices=ACTIONS)
   p.add_argument('--tpu', required=True, help='TPU VM name')
   p.add_argument('--zone', required=True)
@@ -107,22 +97,6 @@ def ssh_cmd(o: argparse.Namespace, script: str) -> list[str]:
 def scp_cmd(o: argparse.Namespace, archive: str) -> list[str]:
   return ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', archive, f'{o.tpu}:{ARCHIVE}', '--worker=all',
           f'--zone={o.zone}', *_project(o)]
-
-
-def workdir_of(launch_args: Sequence[str]) -> str | None:
-  """The --workdir of a launch.py command line (`--workdir=X` or `--workdir X`)."""
-  for i, arg in enumerate(launch_args):
-    if arg.startswith('--workdir='):
-      return arg.split('=', 1)[1]
-    if arg == '--workdir' and i + 1 < len(launch_args):
-      return launch_args[i + 1]
-  return None
-
-
-def log_dir(o: argparse.Namespace, launch_args: Sequence[str]) -> str:
-  """Where workers append their logs: the run's workdir unless that is a bucket (gs://)."""
-  workdir = workdir_of(launch_args)
-  return o.log_dir or (workdir if workdir and '://' not in workdir else DEFAULT_LOG_DIR)
 
 
 def install_script() -> str:
@@ -216,7 +190,7 @@ def run(gcloud: Gcloud, o: argparse.Namespace, launch_args: list[str], root: str
           if gcloud.call(argv):
             raise RuntimeError(f'failed: {shlex.join(argv)}')
         copied = True
-      status = gcloud.call(ssh_cmd(o, run_script(launch_args, log_dir(o, launch_args))))
+      status = gcloud.call(ssh_cmd(o, run_script(launch_args, log_dir(o.log_dir, launch_args))))
       if status == 0 or gcloud.dry_run or not o.watch or gcloud.state(o) not in GONE:
         return status
       print(f'TPU {o.tpu} was preempted; re-creating it and resuming the run', file=sys.stderr, flush=True)
@@ -230,7 +204,7 @@ def main(argv: Sequence[str], root: str = '.') -> int:
     if o.action == 'run':
       return run(gcloud, o, launch_args, root)
     commands = {'status': lambda: _tpu_vm(o, 'describe'),
-                'logs': lambda: ssh_cmd(o, logs_script(log_dir(o, launch_args))),
+                'logs': lambda: ssh_cmd(o, logs_script(log_dir(o.log_dir, launch_args))),
                 'stop': lambda: ssh_cmd(o, stop_script()),
                 'delete': lambda: delete_cmd(o)}
     return gcloud.call(commands[o.action]())
