@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 
 def _env(devices: int, cache: str, **extra: str) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items() if not k.startswith('JAXLAB_')}
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('JAXLAB_', 'SLURM_'))}
   return {**env, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAXLAB_CACHE_DIR': cache,
           'JAX_PLATFORMS': 'cpu', **extra}
 
@@ -111,6 +111,56 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
   assert not np.allclose(kernel_10, kernel_20)  # the params did train between the checkpoints
 
 
+# Plays srun on one node: starts SLURM_NTASKS copies of the command with the variables srun gives each task.
+FAKE_SRUN = '''#!{python}
+import os, subprocess, sys
+args = sys.argv[1:]
+while args[0].startswith('--'):
+  args.pop(0)
+tasks = int(os.environ['SLURM_NTASKS'])
+procs = [subprocess.Popen(args, env={{**os.environ, 'SLURM_PROCID': str(i), 'SLURM_LOCALID': str(i),
+                                     'SLURM_STEP_NODELIST': 'localhost', 'SLURM_STEP_NUM_NODES': '1'}})
+         for i in range(tasks)]
+sys.exit(max(p.wait() for p in procs))
+'''
+
+
+def _slurm_job_id() -> int:
+  """A job id whose coordinator port (jax: 61440 + id % 4096) is free here."""
+  for _ in range(100):
+    port = _free_port()
+    if port >= 61440:
+      return port - 61440 + 4096
+  with socket.socket() as s:
+    for port in range(61440, 65536):
+      try:
+        s.bind(('127.0.0.1', port))
+        return port - 61440 + 4096
+      except OSError:
+        continue
+  pytest.skip('no free port in 61440-65535 for the SLURM coordinator')
+
+
+def test_a_slurm_job_of_two_tasks_trains_like_one_process(runs, tmp_path):
+  """The script `launch.py slurm` submits, run on one node with 2 tasks: the tasks join one job from
+  SLURM's variables alone and train like the one-process run with all devices."""
+  from jaxlab import slurm
+  root, _, _ = runs
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'srun').write_text(FAKE_SRUN.format(python=sys.executable))
+  (bin_dir / 'srun').chmod(0o755)
+  workdir = tmp_path / 'slurm'
+  options, launch_args = slurm.parse(['--gpus-per-node=0', '--', *FSDP_MLP, f'--workdir={workdir}'])
+  (tmp_path / 'job.sbatch').write_text(slurm.script(options, launch_args, LAUNCH, ROOT))
+  env = {**_env(4, str(root / 'cache')), 'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
+         'SLURM_JOB_ID': str(_slurm_job_id()), 'SLURM_NTASKS': '2', 'SLURM_JOB_NODELIST': 'localhost'}
+  proc = subprocess.run(['bash', str(tmp_path / 'job.sbatch')], env=env, capture_output=True, text=True, timeout=240)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert 'on 8 cpu device(s)' in proc.stdout and proc.stdout.count('Finished step 20/20') == 1
+  _assert_close(_params(root / 'single', 20), _params(workdir, 20))
+
+
 def test_checkpoint_of_two_processes_resumes_in_one_process(runs, tmp_path):
   root, _, _ = runs
   workdir = tmp_path / 'resumed'
@@ -154,6 +204,13 @@ def test_settings_come_from_flags_then_env_then_a_tpu_vm(tmp_path):
   assert distributed.resolve('x:2', 2, 0, env=env, tpu_vm=False) == distributed.Settings('x:2', 2, 0)
   assert distributed.resolve(env={}, tpu_vm=True) == distributed.Settings(auto='tpu')
   assert distributed.resolve(env={}, tpu_vm=False) is None
+  slurm_step = {'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': 'n[1-2]', 'SLURM_NTASKS': '16', 'SLURM_PROCID': '9',
+                'SLURM_LOCALID': '1'}
+  assert distributed.resolve(env=slurm_step, tpu_vm=True) == distributed.Settings(None, 16, 9, auto='slurm')
+  assert distributed.resolve(env={**slurm_step, **env}, tpu_vm=False) == distributed.Settings('h:1', 4, 3)
+  assert distributed.resolve(env={**slurm_step, 'SLURM_NTASKS': '1'}, tpu_vm=False) is None  # one task: a plain run
+  assert distributed.resolve(env={k: v for k, v in slurm_step.items() if k != 'SLURM_STEP_NODELIST'},
+                             tpu_vm=False) is None  # sbatch's script itself, outside any srun step
   with pytest.raises(ConfigError, match='missing: coordinator_address, process_id'):
     distributed.resolve(num_processes=2, env={}, tpu_vm=False)
   with pytest.raises(ConfigError, match=r'process_id must be in \[0, num_processes=2\), got 2'):
