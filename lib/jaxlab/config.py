@@ -16,8 +16,9 @@ from jaxlab import workdir_lock
 from jaxlab.errors import ConfigError
 
 CONFIG_FILE = 'config.json'
-# How a run is laid out on devices, not what it computes: a run may resume under another mesh.
-LAYOUT_KEYS = ('mesh', 'sharding_rules')
+# Keys that do not change what a run computes, so a run may resume with other values: how it is
+# laid out on devices (another mesh), and where else its numbers are reported (trackers).
+UNCOMPARED_KEYS = ('mesh', 'sharding_rules', 'logging')
 
 
 def call(spec: str, function: str) -> Any:
@@ -166,9 +167,9 @@ def check_same(saved: dict[str, Any], config: ml_collections.ConfigDict, what: s
                hint: str = 'Use another --workdir, or pass --restart to move the old run aside and start over.') -> None:
   """A ConfigError listing the keys (old -> new) where `config` differs from the `saved` one.
 
-  The layout keys (mesh, sharding rules) may differ: a checkpoint restores onto any mesh.
+  UNCOMPARED_KEYS may differ: a checkpoint restores onto any mesh, and trackers may be switched on later.
   """
-  keys = [k for k in differing_keys(saved, to_dict(config)) if k.split('.')[0] not in LAYOUT_KEYS]
+  keys = [k for k in differing_keys(saved, to_dict(config)) if k.split('.')[0] not in UNCOMPARED_KEYS]
   if not keys:
     return
   saved_flat, new_flat = flatten(saved), flatten(to_dict(config))
@@ -242,4 +243,11 @@ def defaults() -> ml_collections.ConfigDict:
       ('mlp', 'tensor'),      # the MLP hidden dimension: column- then row-parallel
       ('conv_out', 'fsdp'),   # a convolution's output channels
       ('kv', None), ('vocab', None), ('position', None), ('classes', None), ('conv_in', None))
+  # Trackers beside TensorBoard (trackers.py). wandb.mode: '' leaves it to wandb (WANDB_MODE, else
+  # online); 'offline' needs no network (`wandb sync` later). mlflow.tracking_uri: '' leaves it to
+  # MLflow (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current folder).
+  c.logging = ml_collections.ConfigDict(dict(
+      wandb=ml_collections.ConfigDict(dict(enabled=False, project='jaxlab', entity='', name='', tags=(), mode='')),
+      mlflow=ml_collections.ConfigDict(dict(enabled=False, tracking_uri='', experiment='jaxlab', run_name='',
+                                            artifact_location=''))))
   return c

@@ -1,4 +1,4 @@
-"""Where a run's numbers go: metrics.jsonl, TensorBoard, and a progress display."""
+"""Where a run's numbers go: metrics.jsonl, TensorBoard, the trackers (trackers.py), and a progress display."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from etils import epath
 
+from jaxlab.trackers import Trackers
 
 METRICS_FILE = 'metrics.jsonl'
 SHOWCASE_DIR = 'samples'
@@ -45,17 +46,18 @@ def _is_process_0() -> bool:
 
 
 class MetricWriter:
-  """Appends one JSON object per (step, split) to metrics.jsonl and mirrors it to TensorBoard.
+  """Appends one JSON object per (step, split) to metrics.jsonl and mirrors it to TensorBoard and the trackers.
 
   Only process 0 writes; on other processes every call is a no-op. In a bucket (gs://), where
   objects cannot be appended to, the file is rewritten whole at each write.
   """
 
-  def __init__(self, workdir: str, start_step: int = 0):
+  def __init__(self, workdir: str, start_step: int = 0, trackers: Trackers | None = None):
     """`start_step`: the step the run resumes from. Records after it (logged by the interrupted run
     after its last checkpoint, and about to be logged again) are dropped from metrics.jsonl, and
     TensorBoard is told to purge its points after it, so both show each step once."""
     self.enabled = _is_process_0()
+    self._trackers = trackers or Trackers({})
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter
@@ -85,6 +87,7 @@ class MetricWriter:
     for name, value in metrics.items():
       if isinstance(value, float):  # per-replica lists stay in metrics.jsonl
         self._tb.add_scalar(f'{split}/{name}', value, step)
+    self._trackers.metrics(step, split, metrics)
 
   def write_showcase(self, step: int, items: Mapping[str, Any]) -> list[str]:
     """Texts (str) and images (HWC uint8 arrays) a task shows at evaluation: files under samples/ and
@@ -104,6 +107,7 @@ class MetricWriter:
         _write_png(path, item)
         self._tb.add_image(name, item, step, dataformats='HWC')
       written.append(str(path))
+    self._trackers.showcase(step, items)
     return written
 
   def flush(self) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from etils import epath
 
 from jaxlab import accumulate, checkpoint, data, early_stopping, flops, metrics, optim, parallel, replicas, sharding
-from jaxlab import stop, tasks
+from jaxlab import stop, tasks, trackers
 from jaxlab import config as config_lib
 from jaxlab.errors import JaxlabError, NonFiniteLossError
 from jaxlab.logging import MetricWriter, Progress, format_metrics
@@ -256,6 +256,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
   hook(step, state) after every step (periodic actions, tests).
   """
   _validate(config)
+  trackers.check(config)
   installed = jax.process_count() == 1 and stop.install()
   lock = None
   try:
@@ -276,14 +277,15 @@ class _Run:
     self.ckpt = checkpoint.Checkpointer(str(epath.Path(workdir) / 'checkpoints'), config.train.keep_checkpoints)
     try:
       self.start, self.state = _restore_or_init(program, self.ckpt, config, workdir)
-    except BaseException:  # a refused config, no intact checkpoint, a signal during start-up
+      self.trackers = trackers.start(config, workdir, jax.process_index() == 0)
+    except BaseException:  # a refused config, no intact checkpoint, a tracker that cannot start, a signal
       self.ckpt.close()
       raise
     stop.arm()
     if jax.process_index() == 0:
       config_lib.save(workdir, config)
     self.step = self.start
-    self.writer = MetricWriter(workdir, self.start)
+    self.writer = MetricWriter(workdir, self.start, self.trackers)
     self.progress = Progress(config.train.num_steps, self.start)
     self.eval_sums: dict[str, Any] = {}
     self.evaluate = _evaluator(program, self.eval_sums)
@@ -406,8 +408,19 @@ class _Run:
         f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh {dict(self.program.mesh.shape)}, '
         f'state {memory["state_bytes"] / 2**20:.2f} MiB ({memory["state_bytes_per_device"] / 2**20:.2f} MiB per '
         f'device), workdir {self.workdir}')
+    outcome = 'failed'
     try:
-      with contextlib.ExitStack() as closing:  # closed in reverse, also when the loop fails
+      results, signal_name, stopped_early = self._train_and_evaluate(hooks)
+      summary = self._summary(results, signal_name, stopped_early, time.perf_counter() - began)
+      outcome = 'preempted' if signal_name else 'finished'
+      return summary
+    finally:
+      self.trackers.close(outcome)
+
+  def _train_and_evaluate(self, hooks: Sequence[Hook]) -> tuple[dict[str, dict[str, float]], str | None, bool]:
+    """The loop and the final evaluation; every writer is closed after them, also when they fail."""
+    try:
+      with contextlib.ExitStack() as closing:  # closed in reverse
         for resource in (self.best, self.ckpt, self.writer, self.progress):
           if resource is not None:
             closing.callback(resource.close)
@@ -418,7 +431,7 @@ class _Run:
     except OSError as e:  # a full disk, a vanished mount (also while closing): one line, no traceback
       raise JaxlabError(f'writing {e.filename or "the workdir"} failed: {e.strerror or e}; '
                         f'last good checkpoint: {self._last_good()}') from None
-    return self._summary(results, signal_name, stopped_early, time.perf_counter() - began)
+    return results, signal_name, stopped_early
 
   def _final_results(self, results: dict[str, dict[str, float]], stopped_early: bool) -> dict[str, dict[str, float]]:
     """The evaluation to report: the best checkpoint's with early stopping, else the final state's."""
@@ -445,10 +458,13 @@ class _Run:
                **(best.summary(stopped_early) if best is not None else {}),
                **{f'{split}_{k}': v for split, m in results.items() for k, v in m.items()}}
     if jax.process_index() == 0:
-      (epath.Path(self.workdir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+      summary_path = epath.Path(self.workdir) / SUMMARY_FILE
+      summary_path.write_text(json.dumps(summary, indent=2))
       report_step = best.step if best is not None and best.step is not None and not best.per_replica else self.step
+      files = [str(summary_path)]
       for split, sums in (self.eval_sums.items() if results else ()):
-        metrics.save(self.workdir, split, sums, report_step, self.program.summarize)  # JSON; confusion matrix PNG
+        files += metrics.save(self.workdir, split, sums, report_step, self.program.summarize)  # JSON; confusion PNG
+      self.trackers.finish(summary, files)
     return summary
 
 
