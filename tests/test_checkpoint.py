@@ -217,3 +217,14 @@ def test_a_failed_background_save_is_reported_at_once_with_the_last_good_step(tm
   last_step = max(int(line.split()[1]) for line in lines if line.startswith('STEP '))
   assert 20 <= last_step < 29
   assert checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3).latest_step() == 10
+
+
+def test_save_errors_keep_the_os_cause_of_a_long_tensorstore_message():
+  from jaxlab.checkpoint import _first_line
+  spec = '{"context":{"cache_pool":{}},"driver":"zarr","kvstore":{"driver":"file","path":"/w/checkpoints/20/"}}'
+  error = ValueError(f'OUT_OF_RANGE: Error opening "zarr" driver: Error writing local file "/w/{"d" * 200}/.zarray": '
+                     f"Failed to write 101 bytes to file 3: File too large [os_error_code='27'] "
+                     f"[tensorstore_spec='{spec}']\nsecond line")
+  line = _first_line(error)
+  assert line.startswith('ValueError: OUT_OF_RANGE: Error opening "zarr" driver') and ' ... ' in line
+  assert line.endswith('Failed to write 101 bytes to file 3: File too large') and len(line) < 320

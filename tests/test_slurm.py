@@ -44,7 +44,8 @@ if os.environ.get('FAKE_RUN_WAIT'):
     open(os.path.join(root, 'stopped'), 'w').write(signal.Signals(signum).name)
     sys.exit(0)
   signal.signal(signal.SIGTERM, stop)
-  open(os.path.join(root, 'task.pid'), 'w').write(str(os.getpid()))
+  open(os.path.join(root, 'task.pid.tmp'), 'w').write(str(os.getpid()))
+  os.replace(os.path.join(root, 'task.pid.tmp'), os.path.join(root, 'task.pid'))  # never seen half written
   time.sleep(60)
   sys.exit(3)
 '''

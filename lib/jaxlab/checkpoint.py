@@ -11,6 +11,7 @@ step.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from typing import Any, Callable
@@ -70,8 +71,13 @@ def checksum(tree: Any) -> list[list[int]]:
 
 
 def _first_line(error: BaseException) -> str:
-  """The error's first line; a long one keeps its start and its end, where orbax puts the OS cause."""
+  """The error's first line; a long one keeps its start and its end, where orbax puts the OS cause.
+
+  tensorstore's annotations after the cause (`[os_error_code='27'] [tensorstore_spec='{...}']`) are
+  dropped first: they could push the cause ('File too large') out of the kept end.
+  """
   text = str(error).strip().splitlines()[0] if str(error).strip() else ''
+  text = re.sub(r"\s*\[[a-z_ ]+='[^']*'\]", '', text)
   if len(text) > 300:
     text = f'{text[:140]} ... {text[-140:]}'
   return f'{type(error).__name__}: {text}' if text else type(error).__name__
