@@ -17,8 +17,9 @@ from jaxlab.errors import ConfigError
 
 CONFIG_FILE = 'config.json'
 # Keys that do not change what a run computes, so a run may resume with other values: how it is
-# laid out on devices (another mesh), and where else its numbers are reported (trackers).
-UNCOMPARED_KEYS = ('mesh', 'sharding_rules', 'logging')
+# laid out on devices (another mesh), what evaluation measures besides the task's own metrics
+# (attacks), and where else its numbers are reported (trackers).
+UNCOMPARED_KEYS = ('mesh', 'sharding_rules', 'eval', 'logging')
 
 
 def call(spec: str, function: str) -> Any:
@@ -243,6 +244,10 @@ def defaults() -> ml_collections.ConfigDict:
       ('mlp', 'tensor'),      # the MLP hidden dimension: column- then row-parallel
       ('conv_out', 'fsdp'),   # a convolution's output channels
       ('kv', None), ('vocab', None), ('position', None), ('classes', None), ('conv_in', None))
+  # Robust accuracy at each evaluation (attacks.py; classification): every method at every epsilon
+  # (pixel units for image data). pgd_step_size 0: 2.5 * eps / pgd_steps (Madry et al.).
+  c.eval = ml_collections.ConfigDict(dict(attack_eps=(), attacks=('fgsm', 'pgd'), pgd_steps=20, pgd_step_size=0.0,
+                                          pgd_restarts=1))
   # Trackers beside TensorBoard (trackers.py). wandb.mode: '' leaves it to wandb (WANDB_MODE, else
   # online); 'offline' needs no network (`wandb sync` later). mlflow.tracking_uri: '' leaves it to
   # MLflow (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current folder).

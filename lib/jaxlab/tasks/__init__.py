@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from jaxlab import imports, models, optim
+from jaxlab import attacks, imports, models, optim
 from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
 from jaxlab.tasks.base import Task
@@ -29,7 +29,8 @@ def classification(config: ml_collections.ConfigDict, source: Any) -> Classifica
   tx, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
   model = models.create(config.model, source.num_classes)
   loss = config.loss
-  return Classification(model, tx, source.num_classes, loss.label_smoothing, loss.l1, loss.l2, _penalty_paths(config))
+  return Classification(model, tx, source.num_classes, loss.label_smoothing, loss.l1, loss.l2, _penalty_paths(config),
+                        attacks.from_config(config), attacks.pixel_space(config.data))
 
 
 def node_classification(config: ml_collections.ConfigDict, source: Any) -> NodeClassification:

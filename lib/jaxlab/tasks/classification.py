@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlab.attacks import Attack, PixelSpace, perturb
 from jaxlab.state import TrainState
 from jaxlab.tasks.base import Batch, Metrics, OneModel
 
@@ -38,6 +39,8 @@ class Classification(OneModel):
   l1: float = 0.0
   l2: float = 0.0
   penalty_paths: str = ''
+  attacks: tuple[Attack, ...] = ()  # robust accuracy under each, at every evaluation
+  pixel_space: PixelSpace = PixelSpace()
 
   def _loss(self, params, state: TrainState, batch: Batch):
     # Per-step randomness from (run rng, step): identical whether or not the run was resumed.
@@ -54,8 +57,14 @@ class Classification(OneModel):
     return grads, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['y'])}, dict(model_state)
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
-    logits = self.model.apply({'params': state.params, **state.model_state}, batch['x'], train=False)
-    return eval_sums(logits, batch['y'], batch['mask'] > 0, self.num_classes)
+    logits_fn = lambda x: self.model.apply({'params': state.params, **state.model_state}, x, train=False)
+    real = batch['mask'] > 0
+    sums = eval_sums(logits_fn(batch['x']), batch['y'], real, self.num_classes)
+    for attack in self.attacks:  # PGD's random starts from a fixed key: every evaluation attacks alike
+      adversarial = perturb(attack, logits_fn, batch['x'], batch['y'], jax.random.key(0), self.pixel_space)
+      hits = (jnp.argmax(logits_fn(adversarial), -1) == batch['y']) & real
+      sums[f'{attack.name}_accuracy'] = jnp.sum(hits, dtype=jnp.int32)
+    return sums
 
 
 def eval_sums(logits: jax.Array, labels: jax.Array, real: jax.Array, num_classes: int) -> Metrics:

@@ -1,0 +1,92 @@
+"""FGSM and PGD: bounds, pixel space, a hand-computed FGSM on a linear model, PGD at least as strong,
+and robust accuracy through the training loop's evaluation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from jaxlab import attacks, train
+from jaxlab.errors import ConfigError
+
+SPACE = attacks.PixelSpace(mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.5), low=0.0, high=1.0)
+
+
+def _linear(seed=0, features=4 * 4 * 3, classes=5):
+  rng = np.random.default_rng(seed)
+  w, b = rng.normal(size=(features, classes)).astype(np.float32), rng.normal(size=classes).astype(np.float32)
+  return w, b, lambda x: x.reshape(len(x), -1) @ w + b
+
+
+def _batch(n=32, seed=1):
+  rng = np.random.default_rng(seed)
+  pixels = rng.uniform(0, 1, (n, 4, 4, 3)).astype(np.float32)
+  pixels[:4] = np.round(pixels[:4])  # some pixels at the bounds, where clipping must act
+  return pixels, rng.integers(0, 5, n)
+
+
+@pytest.mark.parametrize('method', ['fgsm', 'pgd'])
+def test_perturbed_pixels_stay_within_eps_and_the_pixel_range(method):
+  _, _, logits_fn = _linear()
+  pixels, labels = _batch()
+  x = SPACE.to_inputs(jnp.asarray(pixels))
+  attack = attacks.Attack(method, 0.1, steps=5, step_size=0.03, restarts=2)
+  adversarial = np.asarray(SPACE.to_pixels(attacks.perturb(attack, logits_fn, x, labels, jax.random.key(3), SPACE)))
+  assert np.abs(adversarial - pixels).max() <= 0.1 + 1e-6
+  assert adversarial.min() >= 0 and adversarial.max() <= 1
+  assert np.abs(adversarial - pixels).max() >= 0.1 - 1e-6  # it did move, as far as allowed
+  # In the model's units a pixel step of eps is eps / std of its channel.
+  step = np.abs(np.asarray(attacks.perturb(attack, logits_fn, x, labels, jax.random.key(3), SPACE)) - np.asarray(x))
+  assert np.all(step.max(axis=(0, 1, 2)) <= 0.1 / np.array(SPACE.std) + 1e-5)
+
+
+def test_fgsm_on_a_linear_model_matches_the_hand_gradient():
+  w, b, logits_fn = _linear()
+  pixels, labels = _batch()
+  x = np.asarray(SPACE.to_inputs(jnp.asarray(pixels))).reshape(len(pixels), -1)
+  logits = x @ w + b
+  probs = np.exp(logits - logits.max(1, keepdims=True))
+  probs /= probs.sum(1, keepdims=True)
+  grad_x = (probs - np.eye(5)[labels]) @ w.T  # d cross-entropy / d inputs of a softmax regression
+  grad_pixels = grad_x.reshape(pixels.shape) / np.array(SPACE.std)  # x = (p - mean) / std
+  expected = np.clip(pixels + 0.05 * np.sign(grad_pixels), 0, 1)
+  got = SPACE.to_pixels(attacks.fgsm(logits_fn, SPACE.to_inputs(jnp.asarray(pixels)), labels, 0.05, SPACE))
+  np.testing.assert_allclose(np.asarray(got), expected, atol=1e-6)
+
+
+def test_pgd_finds_at_least_the_loss_of_fgsm():
+  import optax
+  rng = np.random.default_rng(0)
+  w1, w2 = rng.normal(size=(48, 32)).astype(np.float32) / 4, rng.normal(size=(32, 5)).astype(np.float32) / 4
+  logits_fn = lambda x: jnp.tanh(x.reshape(len(x), -1) @ w1) @ w2  # not linear: one step is not optimal
+  pixels, labels = _batch(n=64)
+  x = SPACE.to_inputs(jnp.asarray(pixels))
+  loss = lambda inputs: float(optax.softmax_cross_entropy_with_integer_labels(logits_fn(inputs), labels).mean())
+  fgsm = attacks.fgsm(logits_fn, x, labels, 0.05, SPACE)
+  pgd = attacks.pgd(logits_fn, x, labels, 0.05, steps=20, step_size=0.01, restarts=3, rng=jax.random.key(0),
+                    space=SPACE)
+  assert loss(x) < loss(fgsm) < loss(pgd)
+
+
+def test_robust_accuracy_is_logged_at_evaluation_and_falls_as_eps_grows(tmp_path):
+  config = tiny_config('mlp', **{'train.num_steps': 150, 'train.eval_every': 150, 'train.log_every': 150,
+                                 'train.checkpoint_every': 150, 'eval.attack_eps': (0.05, 0.2, 1.0),
+                                 'eval.pgd_steps': 5})
+  summary = train.train(config, str(tmp_path / 'run'))
+  clean = summary['test_accuracy']
+  for method in ('fgsm', 'pgd'):
+    robust = [summary[f'test_{method}_eps{eps:g}_accuracy'] for eps in (0.05, 0.2, 1.0)]
+    assert clean > robust[0] > robust[1] > robust[2], (clean, method, robust)
+  assert summary['test_pgd_eps1_accuracy'] <= summary['test_fgsm_eps1_accuracy']
+  assert clean > 0.3 and summary['test_pgd_eps1_accuracy'] < 0.05  # 10 classes: chance is 0.1
+
+
+@pytest.mark.parametrize('override, message', [
+    ({'eval.attacks': ('fgsm', 'cw')}, "eval.attacks: unknown method(s) ['cw']"),
+    ({'eval.attack_eps': (0.1, -0.1)}, 'eval.attack_eps must be positive, got -0.1'),
+    ({'eval.pgd_steps': 0}, 'eval.pgd_steps and eval.pgd_restarts must be >= 1'),
+])
+def test_bad_attack_settings_are_one_line(override, message):
+  with pytest.raises(ConfigError, match=message.replace('(', r'\(').replace(')', r'\)').replace('[', r'\[')):
+    attacks.from_config(tiny_config('mlp', **{'eval.attack_eps': (0.1,), **override}))
