@@ -8,6 +8,8 @@
   python launch.py results SWEEP_WORKDIR [--metric=test_accuracy]
   python launch.py sample  --workdir=DIR [--prompt=TEXT --num_tokens=N --temperature=T --top_k=K --seed=S
                            --num_samples=M --checkpoint=newest|best]   (a language-model run)
+  python launch.py attack  --workdir=DIR [--eps=0.1,0.2,0.3 --attacks=fgsm,pgd --pgd_steps=N --pgd_restarts=R]
+                           (a classification run: accuracy under attack vs epsilon, attack.json, attack.png)
   python launch.py tpu     --tpu=NAME --zone=ZONE [...] -- <launch.py arguments>   (see jaxlab/tpu.py)
   python launch.py slurm   [--nodes=N --gpus-per-node=G --time=T ...] -- <launch.py arguments>   (see jaxlab/slurm.py)
 
@@ -32,7 +34,7 @@ from ml_collections import config_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, 'configs', 'mnist1d', 'cnn.py')
-COMMANDS = ('train', 'bench', 'sweep', 'search', 'results', 'sample')
+COMMANDS = ('train', 'bench', 'sweep', 'search', 'results', 'sample', 'attack')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, `path.py` or `path.py:arg`.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config dir>-<config name>).')
@@ -58,6 +60,10 @@ _SAMPLE_SEED = flags.DEFINE_integer('seed', 0, 'sample: the random seed; the sam
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'sample: how many texts.')
 _CHECKPOINT = flags.DEFINE_enum('checkpoint', 'newest', ['newest', 'best'],
                                 'sample: the newest checkpoint, or the best one kept by early stopping.')
+_EPS = flags.DEFINE_list('eps', ['0.1', '0.2', '0.3'], 'attack: L-infinity radii (pixel units for images).')
+_ATTACKS = flags.DEFINE_list('attacks', ['fgsm', 'pgd'], 'attack: methods (fgsm, pgd).')
+_PGD_STEPS = flags.DEFINE_integer('pgd_steps', 100, 'attack: PGD steps.')
+_PGD_RESTARTS = flags.DEFINE_integer('pgd_restarts', 1, 'attack: PGD random restarts.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: index of this process.')
@@ -138,6 +144,9 @@ def main(argv: list[str]) -> None:
     if command == 'sample':
       _sample()
       return
+    if command == 'attack':
+      _attack()
+      return
     _run(command)
   except JaxlabError as e:
     _fail(str(e), e.exit_code)
@@ -186,6 +195,20 @@ def _sample() -> None:
   for i, text in enumerate(texts):
     print(f'--- sample {i + 1}/{len(texts)} | {_CHECKPOINT.value} checkpoint, step {step} | seed {_SAMPLE_SEED.value} ---')
     print(text, flush=True)
+
+
+def _attack() -> None:
+  from jaxlab import parallel, robustness
+  from jaxlab.errors import ConfigError
+  if not _WORKDIR.value:
+    raise ConfigError('attack needs --workdir, the classification run to attack')
+  parallel.enable_compilation_cache()
+  report = robustness.attack(_WORKDIR.value, robustness.parse_eps(_EPS.value), _ATTACKS.value, _PGD_STEPS.value,
+                             _PGD_RESTARTS.value)
+  print(f'Accuracy under attack, checkpoint of step {report["step"]} '
+        f'(PGD: {_PGD_STEPS.value} steps, {_PGD_RESTARTS.value} restart(s)):')
+  print(robustness.format_table(report))
+  print(f'Saved {os.path.join(_WORKDIR.value, robustness.RESULTS_FILE)} and {robustness.PLOT_FILE}', flush=True)
 
 
 def _sweep_or_results(command: str, argv: list[str]) -> None:

@@ -90,3 +90,48 @@ def test_robust_accuracy_is_logged_at_evaluation_and_falls_as_eps_grows(tmp_path
 def test_bad_attack_settings_are_one_line(override, message):
   with pytest.raises(ConfigError, match=message.replace('(', r'\(').replace(')', r'\)').replace('[', r'\[')):
     attacks.from_config(tiny_config('mlp', **{'eval.attack_eps': (0.1,), **override}))
+
+
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory):
+  """A tiny MNIST-1D MLP that reported robust accuracy at eps 0.2 during training."""
+  workdir = tmp_path_factory.mktemp('attack') / 'run'
+  config = tiny_config('mlp', **{'train.num_steps': 100, 'train.eval_every': 100, 'train.log_every': 100,
+                                 'train.checkpoint_every': 100, 'eval.attack_eps': (0.2,), 'eval.pgd_steps': 3})
+  return workdir, train.train(config, str(workdir))
+
+
+def test_attack_command_evaluates_a_finished_run_and_writes_json_and_png(trained_run):
+  import json
+  from conftest import launch
+  workdir, summary = trained_run
+  proc = launch('attack', f'--workdir={workdir}', '--eps=0.2,0.6', '--pgd_steps=3', timeout=180)
+  assert proc.returncode == 0, proc.stderr
+  report = json.loads((workdir / 'attack.json').read_text())
+  assert report['step'] == 100 and report['eps'] == [0.2, 0.6] and report['methods'] == ['fgsm', 'pgd']
+  test = report['splits']['test']
+  assert test['clean'] == summary['test_accuracy']
+  # The same attack as the run's own evaluation gives the same numbers; a larger eps, lower ones.
+  assert test['fgsm'][0] == summary['test_fgsm_eps0.2_accuracy'] and test['pgd'][0] == summary['test_pgd_eps0.2_accuracy']
+  assert test['clean'] > test['fgsm'][0] > test['fgsm'][1] and test['pgd'][0] > test['pgd'][1]
+  assert f'| test | pgd | {100 * test["clean"]:.2f} % | {100 * test["pgd"][0]:.2f} % |' in proc.stdout
+  assert (workdir / 'attack.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--eps=0.1,abc'], "--eps must be numbers, got '0.1,abc'"),
+    (['--eps=0.1,-0.2'], 'eval.attack_eps must be positive, got -0.2'),
+    (['--attacks=fgsm,deepfool'], "eval.attacks: unknown method(s) ['deepfool']"),
+    (['--workdir=/nonexistent/run'], 'holds no run'),
+    (['--workdir=LM'], "holds a 'language_model' run; attack needs a classification run"),
+])
+def test_attack_command_bad_input_is_one_line(trained_run, tmp_path, args, message):
+  from conftest import launch
+  workdir, _ = trained_run
+  if args == ['--workdir=LM']:
+    (tmp_path / 'config.json').write_text('{"task": "language_model"}')
+    args = [f'--workdir={tmp_path}']
+  proc = launch('attack', f'--workdir={workdir}', *args, timeout=120)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  [line] = proc.stderr.strip().splitlines()
+  assert line.startswith('error: ') and message in line

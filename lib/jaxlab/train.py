@@ -214,6 +214,23 @@ def _restore_or_init(program: _Program, ckpt: checkpoint.Checkpointer, config: m
   return 0, jax.jit(program.task.init, out_shardings=program.state_sharding)(program.rng, program.example)
 
 
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, dict[str, dict[str, Any]]]:
+  """(step, {split: metrics}) of `workdir`'s newest intact checkpoint, evaluated under `config`.
+
+  `config` may differ from the run's own in the keys that do not change what was trained
+  (config.UNCOMPARED_KEYS), e.g. other `eval` settings for a finished run.
+  """
+  program = _build(config, workdir)
+  ckpt = checkpoint.Checkpointer(str(epath.Path(workdir) / 'checkpoints'), config.train.keep_checkpoints)
+  try:
+    step, state = _restore_or_init(program, ckpt, config, workdir)
+  finally:
+    ckpt.close()
+  if step == 0:
+    raise JaxlabError(f'{workdir} has no checkpoint to evaluate')
+  return step, _evaluator(program, {})(state)
+
+
 def _one_step_in_flight() -> bool:
   """Several CPU devices of one process abort in an all-reduce rendezvous once a few hundred
   steps are queued (2 simulated devices on 2 cores, measured); one step in flight avoids it."""

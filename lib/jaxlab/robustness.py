@@ -1,0 +1,96 @@
+"""`launch.py attack`: a finished classification run's accuracy under FGSM and PGD versus epsilon.
+
+The run's newest checkpoint is evaluated with the given `eval` attack settings on every split;
+the table is printed and saved as <workdir>/attack.json and the curves as <workdir>/attack.png.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Sequence
+
+import ml_collections
+from etils import epath
+
+from jaxlab import attacks, train
+from jaxlab import config as config_lib
+from jaxlab.errors import ConfigError
+
+RESULTS_FILE = 'attack.json'
+PLOT_FILE = 'attack.png'
+
+
+def _run_config(workdir: str) -> ml_collections.ConfigDict:
+  saved = config_lib.read_saved(workdir)
+  if saved is None:
+    raise ConfigError(f'{workdir} holds no run (no readable {config_lib.CONFIG_FILE})')
+  config = ml_collections.ConfigDict(saved)
+  if 'eval' not in config:  # a run from before attacks existed
+    config.eval = config_lib.defaults().eval
+  if config.task != 'classification':
+    raise ConfigError(f'{workdir} holds a {config.task!r} run; attack needs a classification run')
+  return config
+
+
+def parse_eps(values: Sequence[str]) -> tuple[float, ...]:
+  try:
+    eps = tuple(float(v) for v in values)
+  except ValueError:
+    raise ConfigError(f'--eps must be numbers, got {",".join(values)!r}') from None
+  if not eps:
+    raise ConfigError('--eps is empty; give e.g. --eps=0.1,0.2,0.3')
+  return eps
+
+
+def attack(workdir: str, eps: Sequence[float], methods: Sequence[str], pgd_steps: int, pgd_restarts: int,
+           pgd_step_size: float = 0.0) -> dict[str, Any]:
+  """Evaluates the run under every method at every epsilon; writes attack.json and attack.png."""
+  config = _run_config(workdir)
+  with config.unlocked():
+    config.eval.update(dict(attack_eps=tuple(eps), attacks=tuple(methods), pgd_steps=pgd_steps,
+                            pgd_restarts=pgd_restarts, pgd_step_size=pgd_step_size))
+  attacks.from_config(config)  # bad settings: one line before any data is read
+  step, results = train.evaluate_checkpoint(config, workdir)
+  report = {'step': step, 'eps': list(eps), 'methods': list(methods), 'pgd_steps': pgd_steps,
+            'pgd_restarts': pgd_restarts, 'pgd_step_size': pgd_step_size or None,
+            'splits': {split: {'clean': m['accuracy'],
+                               **{method: [m[f'{attacks.Attack(method, e).name}_accuracy'] for e in eps]
+                                  for method in methods}}
+                       for split, m in results.items()}}
+  (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(report, indent=1))
+  _plot(report, str(epath.Path(workdir) / PLOT_FILE))
+  return report
+
+
+def _plot(report: dict[str, Any], path: str) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  eps = [0.0, *report['eps']]
+  for split, curves in report['splits'].items():
+    for method in report['methods']:
+      ax.plot(eps, [curves['clean'], *curves[method]], marker='o', label=f'{split} {method.upper()}')
+  ax.set_xlabel('epsilon (L-infinity)')
+  ax.set_ylabel('accuracy')
+  ax.set_ylim(0, 1)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  ax.set_title(f'robust accuracy, step {report["step"]}')
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=100)
+  plt.close(fig)
+  epath.Path(path).write_bytes(buffer.getvalue())
+
+
+def format_table(report: dict[str, Any]) -> str:
+  """A markdown table: one row per split and method, one column per epsilon."""
+  head = '| split | attack | clean | ' + ' | '.join(f'eps {e:g}' for e in report['eps']) + ' |'
+  rows = [head, '|' + '---|' * (3 + len(report['eps']))]
+  for split, curves in report['splits'].items():
+    for method in report['methods']:
+      cells = ' | '.join(f'{100 * a:.2f} %' for a in curves[method])
+      rows.append(f'| {split} | {method} | {100 * curves["clean"]:.2f} % | {cells} |')
+  return '\n'.join(rows)
