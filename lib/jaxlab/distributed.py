@@ -18,7 +18,7 @@ import glob
 import os
 from typing import Mapping
 
-from jaxlab.errors import ConfigError, JaxlabError
+from jaxlab.errors import ConfigError, JaxlabError, first_line
 
 ENV_PREFIX = 'JAXLAB_'
 GOOGLE_PCI_VENDOR = '0x1ae0'
@@ -106,5 +106,4 @@ def initialize(settings: Settings | None) -> None:
       jax.distributed.initialize(coordinator_address=settings.coordinator_address,
                                  num_processes=settings.num_processes, process_id=settings.process_id)
   except RuntimeError as e:  # XlaRuntimeError: the coordinator is unreachable or a process never came
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise JaxlabError(f'could not join the multi-process job ({settings.describe()}): {first_line}') from None
+    raise JaxlabError(f'could not join the multi-process job ({settings.describe()}): {first_line(e)}') from None

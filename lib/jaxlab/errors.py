@@ -19,3 +19,9 @@ class DataError(JaxlabError):
 
 class NonFiniteLossError(JaxlabError):
   """The loss became NaN or Inf; training stopped."""
+
+
+def first_line(error: BaseException) -> str:
+  """The error's first line, for a one-line message; its type's name when it has no text."""
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__

@@ -50,12 +50,12 @@ def attack(workdir: str, eps: Sequence[float], methods: Sequence[str], pgd_steps
   with config.unlocked():
     config.eval.update(dict(attack_eps=tuple(eps), attacks=tuple(methods), pgd_steps=pgd_steps,
                             pgd_restarts=pgd_restarts, pgd_step_size=pgd_step_size))
-  attacks.from_config(config)  # bad settings: one line before any data is read
+  chosen = attacks.from_config(config)  # bad settings: one line before any data is read
   step, results = train.evaluate_checkpoint(config, workdir)
   report = {'step': step, 'eps': list(eps), 'methods': list(methods), 'pgd_steps': pgd_steps,
             'pgd_restarts': pgd_restarts, 'pgd_step_size': pgd_step_size or None,
             'splits': {split: {'clean': m['accuracy'],
-                               **{method: [m[f'{attacks.Attack(method, e).name}_accuracy'] for e in eps]
+                               **{method: [m[f'{a.name}_accuracy'] for a in chosen if a.method == method]
                                   for method in methods}}
                        for split, m in results.items()}}
   (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(report, indent=1))

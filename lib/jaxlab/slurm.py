@@ -33,7 +33,7 @@ import sys
 import tomllib
 from typing import Sequence
 
-from jaxlab.remote import ArgumentParser, UsageError, default_workdir, flag_value, log_dir, split_launch_args
+from jaxlab.remote import ArgumentParser, UsageError, default_workdir, flag_value, log_dir, split_launch_args, workdir_of
 
 ACTIONS = ('run', 'status', 'logs', 'stop')
 SCRIPT_NAME = 'slurm-job.sbatch'
@@ -124,7 +124,7 @@ def _check(o: argparse.Namespace) -> None:
 
 def job_name(launch_args: Sequence[str]) -> str:
   """jaxlab-<the run's workdir name>: what status/logs/stop find the job by."""
-  workdir = flag_value(launch_args, 'workdir')
+  workdir = workdir_of(launch_args)
   config = flag_value(launch_args, 'config')
   if workdir is None and config is not None:
     workdir = default_workdir(config)

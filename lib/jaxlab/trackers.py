@@ -23,7 +23,7 @@ import numpy as np
 from etils import epath
 
 from jaxlab import config as config_lib
-from jaxlab.errors import ConfigError
+from jaxlab.errors import ConfigError, first_line
 
 IDS_FILE = 'trackers.json'
 PACKAGES = {'wandb': 'wandb', 'mlflow': 'mlflow'}  # tracker -> module; the pyproject extra has the tracker's name
@@ -166,8 +166,8 @@ class Trackers:
         call(tracker)
       except Exception as e:  # noqa: BLE001 - a tracker outage must not cost the training run
         del self._trackers[name]
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f'warning: {name} failed ({what}: {first}); the run goes on without it', file=sys.stderr, flush=True)
+        print(f'warning: {name} failed ({what}: {first_line(e)}); the run goes on without it', file=sys.stderr,
+              flush=True)
 
   def metrics(self, step: int, split: str, values: Mapping[str, float]) -> None:
     self._each('logging metrics', lambda t: t.metrics(step, split, values))
@@ -197,8 +197,7 @@ def start(config: ml_collections.ConfigDict, workdir: str, is_process_0: bool) -
       try:
         started[name] = BACKENDS[name](config.logging[name], flat, workdir, ids.get(name))
       except Exception as e:  # noqa: BLE001 - whatever the service raises: one line, before any training
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f'logging.{name}: could not start the tracker run: {first}') from None
+        raise ConfigError(f'logging.{name}: could not start the tracker run: {first_line(e)}') from None
       ids[name] = started[name].run_id
       ids_path.write_text(json.dumps(ids, indent=1))
   except BaseException:
