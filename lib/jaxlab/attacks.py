@@ -113,6 +113,12 @@ def perturb(attack: Attack, logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng
   return pgd(logits_fn, x, y, attack.eps, attack.steps, attack.step_size, attack.restarts, rng, space)
 
 
+def _check_at_least_one(**values: int) -> None:
+  for key, value in values.items():
+    if value < 1:
+      raise ConfigError(f'{key.replace("__", ".")} must be >= 1, got {value}')
+
+
 def from_config(config: ml_collections.ConfigDict) -> tuple[Attack, ...]:
   """The attacks of `config.eval`: every method of eval.attacks at every epsilon of eval.attack_eps."""
   e = config.eval
@@ -122,7 +128,32 @@ def from_config(config: ml_collections.ConfigDict) -> tuple[Attack, ...]:
   for eps in e.attack_eps:
     if not eps > 0:
       raise ConfigError(f'eval.attack_eps must be positive, got {eps}')
-  if e.pgd_steps < 1 or e.pgd_restarts < 1:
-    raise ConfigError(f'eval.pgd_steps and eval.pgd_restarts must be >= 1, got {e.pgd_steps} and {e.pgd_restarts}')
+  _check_at_least_one(eval__pgd_steps=e.pgd_steps, eval__pgd_restarts=e.pgd_restarts)
   return tuple(Attack(method, float(eps), e.pgd_steps, e.pgd_step_size or 2.5 * eps / e.pgd_steps, e.pgd_restarts)
                for eps in e.attack_eps for method in e.attacks)
+
+
+# Share of the training loss on adversarial examples when loss.adversarial_weight is 0.
+DEFAULT_WEIGHTS = {'fgsm': 0.5, 'pgd': 1.0}
+
+
+def training_attack(loss: ml_collections.ConfigDict) -> tuple[Attack | None, float]:
+  """(the attack adversarial training uses, the weight of its loss) from the `loss` block; (None, 0) when off.
+
+  FGSM at weight 0.5 is Goodfellow et al.'s mixture 0.5 J(x) + 0.5 J(x + eps sign grad J); PGD at
+  weight 1 is Madry et al.'s training on the worst case found in the eps-ball only.
+  """
+  if not loss.adversarial:
+    return None, 0.0
+  if loss.adversarial not in METHODS:
+    raise ConfigError(f'loss.adversarial: unknown method {loss.adversarial!r}; known: {", ".join(METHODS)} '
+                      "('' is off)")
+  if not loss.adversarial_eps > 0:
+    raise ConfigError(f'loss.adversarial_eps must be positive, got {loss.adversarial_eps}')
+  if not 0 <= loss.adversarial_weight <= 1:
+    raise ConfigError(f'loss.adversarial_weight must be in [0, 1] (0: the method\'s own), got {loss.adversarial_weight}')
+  _check_at_least_one(loss__adversarial_steps=loss.adversarial_steps)
+  eps = float(loss.adversarial_eps)
+  step_size = loss.adversarial_step_size or 2.5 * eps / loss.adversarial_steps
+  attack = Attack(loss.adversarial, eps, loss.adversarial_steps, step_size, 1)
+  return attack, loss.adversarial_weight or DEFAULT_WEIGHTS[loss.adversarial]

@@ -221,7 +221,12 @@ def defaults() -> ml_collections.ConfigDict:
       validation_size=0, batch_size=100, eval_batch_size=500))
   c.model = ml_collections.ConfigDict(dict(name='cnn1d', channels=25, conv='xla'))
   # l1/l2: penalties on the kernels whose path ('layer_0/kernel') the regex penalty_paths matches ('': all).
-  c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, l1=0.0, l2=0.0, penalty_paths=''))
+  # adversarial: '' (off), 'fgsm' or 'pgd' examples of L-infinity radius adversarial_eps (pixel units)
+  # made inside the training step (attacks.training_attack); the loss is (1 - w) * clean + w * adversarial,
+  # w = adversarial_weight (0: the method's own, 0.5 for fgsm, 1 for pgd). adversarial_step_size 0: 2.5 eps / steps.
+  c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, l1=0.0, l2=0.0, penalty_paths='', adversarial='',
+                                          adversarial_eps=0.3, adversarial_steps=40, adversarial_step_size=0.0,
+                                          adversarial_weight=0.0))
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adam', learning_rate=1e-2, schedule='constant', warmup_steps=0, final_lr_fraction=0.0,
       step_boundaries=(0.5, 0.75), step_factor=0.1, weight_decay=0.0, decay_matrices_only=False, grad_clip_norm=0.0,

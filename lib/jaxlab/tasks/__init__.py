@@ -29,8 +29,9 @@ def classification(config: ml_collections.ConfigDict, source: Any) -> Classifica
   tx, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
   model = models.create(config.model, source.num_classes)
   loss = config.loss
+  adversarial, weight = attacks.training_attack(loss)
   return Classification(model, tx, source.num_classes, loss.label_smoothing, loss.l1, loss.l2, _penalty_paths(config),
-                        attacks.from_config(config), attacks.pixel_space(config.data))
+                        attacks.from_config(config), attacks.pixel_space(config.data), adversarial, weight)
 
 
 def node_classification(config: ml_collections.ConfigDict, source: Any) -> NodeClassification:

@@ -42,19 +42,46 @@ class Classification(OneModel):
   attacks: tuple[Attack, ...] = ()  # robust accuracy under each, at every evaluation
   pixel_space: PixelSpace = PixelSpace()
 
+  adversarial: Attack | None = None  # adversarial training: examples made by this attack inside the step
+  adversarial_weight: float = 0.0  # the adversarial share of the loss
+
+  def _forward(self, params, state: TrainState, x: jax.Array, rng: jax.Array):
+    return self.model.apply({'params': params, **state.model_state}, x, train=True, rngs={'dropout': rng},
+                            mutable=list(state.model_state))
+
+  def _cross_entropy(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    smoothed = optax.smooth_labels(jax.nn.one_hot(labels, self.num_classes), self.label_smoothing)
+    return optax.softmax_cross_entropy(logits, smoothed).mean()
+
+  def _adversarial_inputs(self, params, state: TrainState, batch: Batch, rng: jax.Array) -> jax.Array:
+    """The attack on the model as it trains (same dropout, batch statistics of the batch), with the
+    parameters held constant: the examples are inputs to the loss, not a function of the weights."""
+    frozen = jax.lax.stop_gradient(params)
+    logits_fn = lambda x: self._forward(frozen, state, x, rng)[0]
+    return jax.lax.stop_gradient(perturb(self.adversarial, logits_fn, batch['x'], batch['y'],
+                                         jax.random.fold_in(rng, 1), self.pixel_space))
+
   def _loss(self, params, state: TrainState, batch: Batch):
     # Per-step randomness from (run rng, step): identical whether or not the run was resumed.
     rng = jax.random.fold_in(state.rng, state.step)
-    logits, updates = self.model.apply({'params': params, **state.model_state}, batch['x'], train=True,
-                                       rngs={'dropout': rng}, mutable=list(state.model_state))
-    labels = optax.smooth_labels(jax.nn.one_hot(batch['y'], self.num_classes), self.label_smoothing)
-    loss = optax.softmax_cross_entropy(logits, labels).mean() + weight_penalty(params, self.l1, self.l2, self.penalty_paths)
-    return loss, (logits, updates)
+    logits, updates = self._forward(params, state, batch['x'], rng)
+    loss, aux = self._cross_entropy(logits, batch['y']), {}
+    if self.adversarial is not None:
+      adversarial_logits, adversarial_updates = self._forward(
+          params, state, self._adversarial_inputs(params, state, batch, rng), rng)
+      adversarial_loss = self._cross_entropy(adversarial_logits, batch['y'])
+      loss = (1 - self.adversarial_weight) * loss + self.adversarial_weight * adversarial_loss
+      aux = {'adversarial_loss': adversarial_loss,
+             'adversarial_accuracy': jnp.mean(jnp.argmax(adversarial_logits, -1) == batch['y'])}
+      if self.adversarial_weight == 1:  # only adversarial examples are trained on: their statistics count
+        updates = adversarial_updates
+    loss += weight_penalty(params, self.l1, self.l2, self.penalty_paths)
+    return loss, (logits, updates, aux)
 
   def gradients(self, state: TrainState, batch: Batch) -> tuple[Any, Metrics, Any]:
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
-    (loss, (logits, model_state)), grads = grad_fn(state.params, state, batch)
-    return grads, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['y'])}, dict(model_state)
+    (loss, (logits, model_state, aux)), grads = grad_fn(state.params, state, batch)
+    return grads, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['y']), **aux}, dict(model_state)
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
     logits_fn = lambda x: self.model.apply({'params': state.params, **state.model_state}, x, train=False)
