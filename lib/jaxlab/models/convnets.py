@@ -41,22 +41,23 @@ class LeNet5(nn.Module):
 
 
 class CNN(nn.Module):
-  """[conv 3x3 -> ReLU (-> BatchNorm)] -> 2x2 max-pool per entry of `channels`, then dense layers."""
+  """[conv k x k -> ReLU (-> BatchNorm)] -> 2x2 max-pool per entry of `channels`, then dense layers."""
 
   num_classes: int
   channels: Sequence[int] = (32, 64)
+  kernel_size: int = 3
   hidden: Sequence[int] = (128,)
   dropout: float = 0.0
   batch_norm: bool = False
 
   def validate(self) -> None:
-    checks.positive(channels=self.channels, hidden=tuple(self.hidden) or (1,))
+    checks.positive(channels=self.channels, hidden=tuple(self.hidden) or (1,), kernel_size=self.kernel_size)
     checks.rate(dropout=self.dropout)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for width in self.channels:
-      x = nn.relu(nn.Conv(width, (3, 3))(x))
+      x = nn.relu(nn.Conv(width, (self.kernel_size, self.kernel_size))(x))
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
       x = nn.max_pool(x, (2, 2), (2, 2))
