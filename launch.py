@@ -9,7 +9,13 @@
   python launch.py sample  --workdir=DIR [--prompt=TEXT --num_tokens=N --temperature=T --top_k=K --seed=S
                            --num_samples=M --checkpoint=newest|best]   (a language-model run)
   python launch.py attack  --workdir=DIR [--eps=0.1,0.2,0.3 --attacks=fgsm,pgd --pgd_steps=N --pgd_restarts=R]
-                           (a classification run: accuracy under attack vs epsilon, attack.json, attack.png)
+                           [--num_examples=N]   (a classification run: accuracy under attack vs epsilon,
+                           attack.json, attack.png)
+  python launch.py explain --workdir=DIR [--split=test --num=16 --target=predicted|label --ig_steps=256
+                           --methods=saliency,grad_x_input,integrated_gradients,smoothgrad --smoothgrad_samples=50]
+                           (a classification run: attribution maps and their sanity check, explain.json, explain_*.png)
+  python launch.py cv      --config=... [--folds=5] [--workdir=DIR]   (stratified k-fold cross-validation,
+                           the folds as replicas of one program; cv.json, a mean ± std table)
   python launch.py tpu     --tpu=NAME --zone=ZONE [...] -- <launch.py arguments>   (see jaxlab/tpu.py)
   python launch.py slurm   [--nodes=N --gpus-per-node=G --time=T ...] -- <launch.py arguments>   (see jaxlab/slurm.py)
 
@@ -34,7 +40,7 @@ from ml_collections import config_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, 'configs', 'mnist1d', 'cnn.py')
-COMMANDS = ('train', 'bench', 'sweep', 'search', 'results', 'sample', 'attack')
+COMMANDS = ('train', 'bench', 'sweep', 'search', 'results', 'sample', 'attack', 'explain', 'cv')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, `path.py` or `path.py:arg`.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config dir>-<config name>).')
@@ -64,6 +70,16 @@ _EPS = flags.DEFINE_list('eps', ['0.1', '0.2', '0.3'], 'attack: L-infinity radii
 _ATTACKS = flags.DEFINE_list('attacks', ['fgsm', 'pgd'], 'attack: methods (fgsm, pgd).')
 _PGD_STEPS = flags.DEFINE_integer('pgd_steps', 100, 'attack: PGD steps.')
 _PGD_RESTARTS = flags.DEFINE_integer('pgd_restarts', 1, 'attack: PGD random restarts.')
+_NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 0, 'attack: the first N examples of each split, in whole '
+                                     'evaluation batches (0: all).')
+_SPLIT = flags.DEFINE_string('split', 'test', 'explain: the split whose first examples are explained.')
+_NUM = flags.DEFINE_integer('num', 16, 'explain: how many examples.')
+_METHODS = flags.DEFINE_list('methods', ['saliency', 'grad_x_input', 'integrated_gradients', 'smoothgrad'],
+                             'explain: attribution methods.')
+_TARGET = flags.DEFINE_string('target', 'predicted', 'explain: the logit explained, the predicted class or the label.')
+_IG_STEPS = flags.DEFINE_integer('ig_steps', 256, 'explain: integrated-gradients quadrature steps.')
+_SMOOTHGRAD_SAMPLES = flags.DEFINE_integer('smoothgrad_samples', 50, 'explain: SmoothGrad noisy samples.')
+_FOLDS = flags.DEFINE_integer('folds', 5, 'cv: number of folds k.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: index of this process.')
@@ -147,6 +163,9 @@ def main(argv: list[str]) -> None:
     if command == 'attack':
       _attack()
       return
+    if command == 'explain':
+      _explain()
+      return
     _run(command)
   except JaxlabError as e:
     _fail(str(e), e.exit_code)
@@ -164,7 +183,7 @@ def _run(command: str) -> None:
   from jaxlab import parallel
   config = _CONFIG.value
   parallel.enable_compilation_cache()
-  workdir = _workdir() if command == 'train' else None
+  workdir = _workdir('cv-' if command == 'cv' else '') if command in ('train', 'cv') else None
   if command == 'bench':
     from jaxlab import bench
     if _BENCH_AGAINST.value:
@@ -179,6 +198,14 @@ def _run(command: str) -> None:
   lead = jax.process_index() == 0  # every process of a multi-process job would print the same
   if lead:
     print(config, flush=True)
+  if command == 'cv':
+    from jaxlab import cv
+    report = cv.run(config, _FOLDS.value, workdir, restart=_RESTART.value)
+    if lead:
+      print(f'{report["folds"]}-fold cross-validation, step {report["step"]}:')
+      print(cv.format_table(report))
+      print(f'Saved {os.path.join(workdir, cv.RESULTS_FILE)}', flush=True)
+    return
   summary = train.train(config, workdir, restart=_RESTART.value)
   if lead:
     print(train.format_summary(summary), flush=True)
@@ -204,11 +231,27 @@ def _attack() -> None:
     raise ConfigError('attack needs --workdir, the classification run to attack')
   parallel.enable_compilation_cache()
   report = robustness.attack(_WORKDIR.value, robustness.parse_eps(_EPS.value), _ATTACKS.value, _PGD_STEPS.value,
-                             _PGD_RESTARTS.value)
-  print(f'Accuracy under attack, checkpoint of step {report["step"]} '
+                             _PGD_RESTARTS.value, num_examples=_NUM_EXAMPLES.value)
+  print(f'Accuracy under attack, checkpoint of step {report["step"]}, '
+        f'{"all" if not _NUM_EXAMPLES.value else f"the first {_NUM_EXAMPLES.value}"} examples per split '
         f'(PGD: {_PGD_STEPS.value} steps, {_PGD_RESTARTS.value} restart(s)):')
   print(robustness.format_table(report))
   print(f'Saved {os.path.join(_WORKDIR.value, robustness.RESULTS_FILE)} and {robustness.PLOT_FILE}', flush=True)
+
+
+def _explain() -> None:
+  from jaxlab import explain, parallel
+  from jaxlab.errors import ConfigError
+  if not _WORKDIR.value:
+    raise ConfigError('explain needs --workdir, the classification run to explain')
+  parallel.enable_compilation_cache()
+  report = explain.explain(_WORKDIR.value, _SPLIT.value, _NUM.value, _METHODS.value, _TARGET.value, _IG_STEPS.value,
+                           _SMOOTHGRAD_SAMPLES.value)
+  print(f'Attribution maps of {len(report["labels"])} {report["split"]} examples, checkpoint of step {report["step"]}, '
+        f'target: the {report["target"]} class')
+  print(explain.format_table(report))
+  print(f'Saved {os.path.join(_WORKDIR.value, explain.RESULTS_FILE)} and '
+        f'{", ".join(explain.plot_file(m) for m in report["methods"])}', flush=True)
 
 
 def _sweep_or_results(command: str, argv: list[str]) -> None:

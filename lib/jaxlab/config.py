@@ -218,7 +218,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.task = 'classification'
   c.data = ml_collections.ConfigDict(dict(
       name='mnist1d', num_samples=5000, train_split=0.8,  # mnist1d's defaults: 4000 train / 1000 test
-      validation_size=0, batch_size=100, eval_batch_size=500))
+      validation_size=0, batch_size=100, eval_batch_size=500,
+      folds=0, fold=0))  # k-fold cross-validation: fold `fold` of `folds` is the validation split (data/folds.py)
   c.model = ml_collections.ConfigDict(dict(name='cnn1d', channels=25, conv='xla'))
   # l1/l2: penalties on the kernels whose path ('layer_0/kernel') the regex penalty_paths matches ('': all).
   # adversarial: '' (off), 'fgsm' or 'pgd' examples of L-infinity radius adversarial_eps (pixel units)

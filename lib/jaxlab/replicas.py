@@ -1,19 +1,23 @@
 """Many runs in one program: `config.num_replicas` seeds trained by one vmapped, jitted step.
 
 Replica r is the run with seed `config.seed + r`: its own initialisation and its own data
-order, so its numbers match a separate run with that seed (within float tolerance).
+order, so its numbers match a separate run with that seed (within float tolerance). With
+`data.fold = -1` (k-fold cross-validation, `launch.py cv`) replica r also trains on fold r's
+training split and is validated on fold r.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
-from jaxlab import metrics
-from jaxlab.data import Batch, Source
+from jaxlab import data, metrics
+from jaxlab.data import Batch, Source, folds
+from jaxlab.errors import ConfigError
 from jaxlab.state import TrainState
 from jaxlab.tasks.base import Metrics, Task
 
@@ -23,20 +27,55 @@ def init_keys(seed: int, num_replicas: int) -> jax.Array:
   return jax.numpy.stack([jax.random.PRNGKey(seed + r) for r in range(num_replicas)])
 
 
+def all_folds(config: ml_collections.ConfigDict) -> bool:
+  """Whether the run is k-fold cross-validation with one fold per replica (data.fold = -1)."""
+  if not config.data.get('folds', 0) or config.data.get('fold', 0) != folds.ALL_FOLDS:
+    return False
+  if config.num_replicas != config.data.folds:
+    raise ConfigError(f'data.fold -1 trains every fold as a replica: num_replicas must be data.folds '
+                      f'{config.data.folds}, got {config.num_replicas}')
+  return True
+
+
+def fold_data(config: ml_collections.ConfigDict, fold: int) -> ml_collections.ConfigDict:
+  block = config.data.copy_and_resolve_references()
+  block.fold = fold
+  return block
+
+
+def base_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The data block of replica 0 (fold 0 when every fold is a replica)."""
+  return fold_data(config, 0) if all_folds(config) else config.data
+
+
+def replicate(config: ml_collections.ConfigDict, base: Source, workdir: str | None) -> 'ReplicatedSource':
+  """`base` (replica 0's source) stacked with replica r's for every r: seed + r, and fold r under data.fold -1."""
+  if not all_folds(config):
+    return ReplicatedSource(base, config.num_replicas)
+  copies = [base] + [data.make_source(fold_data(config, r), config.seed + r, workdir)
+                     for r in range(1, config.num_replicas)]
+  return ReplicatedSource(base, config.num_replicas, copies, per_replica_splits=('validation',))
+
+
 @dataclasses.dataclass
 class ReplicatedSource:
   """Stacks the training batches of per-seed copies of a source: arrays of (replicas, batch, ...).
 
-  Evaluation batches are shared: every replica sees the same examples. A `full_batch` source (the
-  whole dataset every step, whatever the seed) shares its training batches too.
+  Evaluation batches are shared, every replica sees the same examples, except in the splits named
+  `per_replica_splits`, whose batches are stacked like training batches (a fold's validation
+  split); a copy with fewer batches there is padded with batches of mask 0. A `full_batch` source
+  (the whole dataset every step, whatever the seed) shares its training batches too.
   """
 
   base: Source
   num_replicas: int
+  copies: Sequence[Source] | None = None  # replica r's source; default: `base` with seed + r
+  per_replica_splits: tuple[str, ...] = ()
 
   def __post_init__(self):
-    self._copies = [] if self.full_batch else [dataclasses.replace(self.base, seed=self.base.seed + r)
-                                               for r in range(self.num_replicas)]
+    if self.copies is None:
+      self.copies = [] if self.full_batch else [dataclasses.replace(self.base, seed=self.base.seed + r)
+                                                for r in range(self.num_replicas)]
 
   @property
   def num_classes(self) -> int:
@@ -54,13 +93,20 @@ class ReplicatedSource:
     return self.base.example_batch()
 
   def eval_batches(self, split: str) -> Iterator[Batch]:
-    return self.base.eval_batches(split)
+    if split not in self.per_replica_splits:
+      yield from self.base.eval_batches(split)
+      return
+    per_copy = [list(copy.eval_batches(split)) for copy in self.copies]
+    blank = {**per_copy[0][0], 'mask': np.zeros_like(per_copy[0][0]['mask'])}
+    for i in range(max(len(batches) for batches in per_copy)):
+      stacked = [batches[i] if i < len(batches) else blank for batches in per_copy]
+      yield {k: np.stack([b[k] for b in stacked]) for k in stacked[0]}
 
   def train_batches(self, start_step: int) -> Iterator[Batch]:
     if self.full_batch:
       yield from self.base.train_batches(start_step)
       return
-    for batches in zip(*(copy.train_batches(start_step) for copy in self._copies)):
+    for batches in zip(*(copy.train_batches(start_step) for copy in self.copies)):
       yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
@@ -78,7 +124,9 @@ class ReplicatedTask:
     return jax.vmap(self.base.train_step, in_axes=(0, None if self.shared_batches else 0))(state, batch)
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
-    return jax.vmap(self.base.eval_step, in_axes=(0, None))(state, batch)
+    """A batch with a replica axis (ReplicatedSource.per_replica_splits) gives each replica its own rows."""
+    stacked = np.ndim(batch['mask']) == 2
+    return jax.vmap(self.base.eval_step, in_axes=(0, 0 if stacked else None))(state, batch)
 
   def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The base task's rule; it works elementwise, so the replica axis is kept."""

@@ -21,7 +21,8 @@ RESULTS_FILE = 'attack.json'
 PLOT_FILE = 'attack.png'
 
 
-def _run_config(workdir: str) -> ml_collections.ConfigDict:
+def classification_run_config(workdir: str, command: str) -> ml_collections.ConfigDict:
+  """The saved config of the classification run in `workdir`, which `command` (attack, explain) needs."""
   saved = config_lib.read_saved(workdir)
   if saved is None:
     raise ConfigError(f'{workdir} holds no run (no readable {config_lib.CONFIG_FILE})')
@@ -29,7 +30,7 @@ def _run_config(workdir: str) -> ml_collections.ConfigDict:
   if 'eval' not in config:  # a run from before attacks existed
     config.eval = config_lib.defaults().eval
   if config.task != 'classification':
-    raise ConfigError(f'{workdir} holds a {config.task!r} run; attack needs a classification run')
+    raise ConfigError(f'{workdir} holds a {config.task!r} run; {command} needs a classification run')
   return config
 
 
@@ -44,15 +45,17 @@ def parse_eps(values: Sequence[str]) -> tuple[float, ...]:
 
 
 def attack(workdir: str, eps: Sequence[float], methods: Sequence[str], pgd_steps: int, pgd_restarts: int,
-           pgd_step_size: float = 0.0) -> dict[str, Any]:
-  """Evaluates the run under every method at every epsilon; writes attack.json and attack.png."""
-  config = _run_config(workdir)
+           pgd_step_size: float = 0.0, num_examples: int = 0) -> dict[str, Any]:
+  """Evaluates the run under every method at every epsilon on the first `num_examples` of each
+  split (whole evaluation batches; 0: all); writes attack.json and attack.png."""
+  config_lib.require(num_examples >= 0, f'--num_examples must be >= 0 (0: all), got {num_examples}')
+  config = classification_run_config(workdir, 'attack')
   with config.unlocked():
     config.eval.update(dict(attack_eps=tuple(eps), attacks=tuple(methods), pgd_steps=pgd_steps,
                             pgd_restarts=pgd_restarts, pgd_step_size=pgd_step_size))
   chosen = attacks.from_config(config)  # bad settings: one line before any data is read
-  step, results = train.evaluate_checkpoint(config, workdir)
-  report = {'step': step, 'eps': list(eps), 'methods': list(methods), 'pgd_steps': pgd_steps,
+  step, results = train.evaluate_checkpoint(config, workdir, num_examples)
+  report = {'step': step, 'examples': {split: m['examples'] for split, m in results.items()}, 'eps': list(eps), 'methods': list(methods), 'pgd_steps': pgd_steps,
             'pgd_restarts': pgd_restarts, 'pgd_step_size': pgd_step_size or None,
             'splits': {split: {'clean': m['accuracy'],
                                **{method: [m[f'{a.name}_accuracy'] for a in chosen if a.method == method]

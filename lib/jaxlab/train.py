@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -112,12 +113,19 @@ class _Program:
   zero_totals: Callable
   train_step: Callable
   eval_step: Callable
+  stacked_eval_step: Callable  # for evaluation batches with a replica axis (ReplicatedSource.per_replica_splits)
   flops_per_step: float | None  # model FLOPs of one training step, where the task counts them
   peak_flops: float | None  # of all devices together, where the chip is known
 
   def summarize(self, sums: dict[str, Any]) -> dict[str, Any]:
     """Evaluation sums -> metrics: the task's own rule (perplexity...) where it has one."""
     return getattr(self.task, 'summarize', metrics.summarize)(sums)
+
+  def eval_step_for(self, split: str) -> tuple[Callable, Any]:
+    """(jitted evaluation step, batch sharding) for the batches of `split`."""
+    if split in getattr(self.source, 'per_replica_splits', ()):
+      return self.stacked_eval_step, self.train_batch_sharding
+    return self.eval_step, self.batch_sharding
 
   def state_bytes(self) -> dict[str, int]:
     """Bytes of the TrainState (parameters, optimizer state...): in all, and on the most loaded device."""
@@ -150,7 +158,7 @@ def _peak_flops(config: ml_collections.ConfigDict) -> float | None:
 
 def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Program:
   mesh = parallel.make_mesh(config.mesh)
-  source = data.make_source(config.data, config.seed, workdir)
+  source = data.make_source(replicas.base_data(config), config.seed, workdir)
   _check_batch_sizes(config, mesh, source)
   config_lib.require(not config.train.early_stopping_metric or 'validation' in source.eval_splits,
                      'train.early_stopping_metric needs a validation split: set data.validation_size > 0')
@@ -169,7 +177,7 @@ def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Pr
   rng = jax.random.PRNGKey(config.seed)
   per_replica = config.num_replicas > 1
   if per_replica:
-    source, task = replicas.ReplicatedSource(source, config.num_replicas), replicas.ReplicatedTask(task, full_batch)
+    source, task = replicas.replicate(config, source, workdir), replicas.ReplicatedTask(task, full_batch)
     rng = replicas.init_keys(config.seed, config.num_replicas)
     train_batch_sharding = batch_sharding if full_batch else parallel.replica_batch_sharding(mesh)
     specs = sharding.with_leading_axis(specs)
@@ -189,6 +197,8 @@ def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Pr
                          in_shardings=(state_sharding, totals_sharding, train_batch_sharding, replicated),
                          out_shardings=(state_sharding, totals_sharding), donate_argnums=(0, 1)),
       eval_step=jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated),
+      stacked_eval_step=jax.jit(task.eval_step, in_shardings=(state_sharding, train_batch_sharding),
+                                out_shardings=replicated),
       flops_per_step=flops_per_step, peak_flops=_peak_flops(config))
 
 
@@ -214,8 +224,8 @@ def _restore_or_init(program: _Program, ckpt: checkpoint.Checkpointer, config: m
   return 0, jax.jit(program.task.init, out_shardings=program.state_sharding)(program.rng, program.example)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, dict[str, dict[str, Any]]]:
-  """(step, {split: metrics}) of `workdir`'s newest intact checkpoint, evaluated under `config`.
+def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, _Program, TrainState]:
+  """(step, program, state) of `workdir`'s newest intact checkpoint, built under `config`.
 
   `config` may differ from the run's own in the keys that do not change what was trained
   (config.UNCOMPARED_KEYS), e.g. other `eval` settings for a finished run.
@@ -228,7 +238,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> tupl
     ckpt.close()
   if step == 0:
     raise JaxlabError(f'{workdir} has no checkpoint to evaluate')
-  return step, _evaluator(program, {})(state)
+  return step, program, state
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        num_examples: int = 0) -> tuple[int, dict[str, dict[str, Any]]]:
+  """(step, {split: metrics and 'examples', their count}) of `workdir`'s newest intact checkpoint,
+  evaluated under `config` on the first `num_examples` of each split, in whole batches (0: all)."""
+  step, program, state = restore_checkpoint(config, workdir)
+  sums = {}
+  results = _evaluator(program, sums, -(-num_examples // config.data.eval_batch_size))(state)
+  for split, split_sums in sums.items():
+    results[split]['examples'] = int(np.max(split_sums['count']))
+  return step, results
 
 
 def _one_step_in_flight() -> bool:
@@ -237,16 +259,18 @@ def _one_step_in_flight() -> bool:
   return jax.default_backend() == 'cpu' and jax.local_device_count() > 1
 
 
-def _evaluator(program: _Program, eval_sums: dict[str, Any]) -> Callable[[TrainState], dict[str, dict[str, float]]]:
-  """evaluate(state) -> {split: metrics}; each split's raw sums are kept in `eval_sums` for the final report."""
+def _evaluator(program: _Program, eval_sums: dict[str, Any],
+               max_batches: int = 0) -> Callable[[TrainState], dict[str, dict[str, float]]]:
+  """evaluate(state) -> {split: metrics} over the first `max_batches` batches of each split (0: all);
+  each split's raw sums are kept in `eval_sums` for the final report."""
   one_in_flight = _one_step_in_flight()
 
   def evaluate(state: TrainState) -> dict[str, dict[str, float]]:
     results = {}
     for split in program.source.eval_splits:
-      sums = None
-      for batch in program.source.eval_batches(split):
-        out = program.eval_step(state, parallel.to_global(batch, program.batch_sharding))
+      sums, (eval_step, sharding) = None, program.eval_step_for(split)
+      for batch in itertools.islice(program.source.eval_batches(split), max_batches or None):
+        out = eval_step(state, parallel.to_global(batch, sharding))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         if one_in_flight:
           jax.block_until_ready(sums)

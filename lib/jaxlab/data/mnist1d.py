@@ -9,6 +9,7 @@ import io
 import ml_collections
 import numpy as np
 
+from jaxlab.data import folds
 from jaxlab.data.arrays import ArraySource, split_off
 from jaxlab.errors import ConfigError
 
@@ -41,6 +42,11 @@ def load(cfg: ml_collections.ConfigDict, seed: int) -> ArraySource:
   raw = generate(cfg.num_samples, cfg.train_split)
   train = {'x': raw['x'].astype(np.float32), 'y': raw['y'].astype(np.int32)}
   splits = {'test': {'x': raw['x_test'].astype(np.float32), 'y': raw['y_test'].astype(np.int32)}}
-  if cfg.validation_size:
+  if cfg.get('folds', 0):
+    folds.check(cfg, len(train['y']))
+    train_rows, validation_rows = folds.rows(train['y'], cfg.folds, cfg.fold)
+    train, splits['validation'] = ({k: v[train_rows] for k, v in train.items()},
+                                   {k: v[validation_rows] for k, v in train.items()})
+  elif cfg.validation_size:
     train, splits['validation'] = split_off(train, cfg.validation_size)
   return ArraySource({'train': train, **splits}, cfg.batch_size, cfg.eval_batch_size, seed, num_classes=10)

@@ -76,6 +76,20 @@ class RowRange:
     return self.records.read(rows + self.start)
 
 
+@dataclasses.dataclass(frozen=True)
+class RowSubset:
+  """Chosen rows of other records, in the given order: a cross-validation fold (folds.py)."""
+
+  records: Records
+  rows: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def read(self, rows: np.ndarray) -> Batch:
+    return self.records.read(self.rows[rows])
+
+
 def carve_validation(train: Records, size: int) -> tuple[Records, Records]:
   """(train without its last `size` rows, those rows): validation never touches the test set."""
   n = len(train)

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from jaxlab import parallel
-from jaxlab.data import pipeline, tfds_idx
+from jaxlab.data import folds, pipeline, tfds_idx
 from jaxlab.errors import DataError
 
 # (image shape, number of classes) of the datasets that have configs; stand-in data copies them.
@@ -80,7 +80,12 @@ def load(cfg: ml_collections.ConfigDict, seed: int) -> pipeline.GrainSource:
     records, num_classes = standin_records(cfg.tfds_name, cfg.batch_size, cfg.eval_batch_size, seed)
   else:
     records, num_classes = tfds_records(cfg)
-  if cfg.validation_size:
+  if cfg.get('folds', 0):
+    train = records['train']
+    folds.check(cfg, len(train))
+    train_rows, validation_rows = folds.rows(train.read(np.arange(len(train)))['label'], cfg.folds, cfg.fold)
+    records['train'], records['validation'] = pipeline.RowSubset(train, train_rows), pipeline.RowSubset(train, validation_rows)
+  elif cfg.validation_size:
     records['train'], records['validation'] = pipeline.carve_validation(records['train'], cfg.validation_size)
   augment = pipeline.Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, image_size=cfg.image_size,
                              mean=tuple(cfg.mean), std=tuple(cfg.std))
@@ -92,7 +97,7 @@ def load(cfg: ml_collections.ConfigDict, seed: int) -> pipeline.GrainSource:
 def data_config(tfds_name: str, **overrides) -> ml_collections.ConfigDict:
   """The `data` block of an image config: every key `load` reads, set for `tfds_name`."""
   block = dict(name='tfds', tfds_name=tfds_name, test_split='test', data_dir='', tfds_data_dir='',
-               in_memory=True, validation_size=0, batch_size=128, eval_batch_size=1000,
+               in_memory=True, validation_size=0, folds=0, fold=0, batch_size=128, eval_batch_size=1000,
                crop_padding=0, flip=False, image_size=0, mean=(0.0,), std=(1.0,), num_threads=2, prefetch=4)
   unknown = sorted(set(overrides) - set(block))
   if unknown:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -83,8 +83,12 @@ class Classification(OneModel):
     (loss, (logits, model_state, aux)), grads = grad_fn(state.params, state, batch)
     return grads, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['y']), **aux}, dict(model_state)
 
+  def logits_fn(self, state: TrainState) -> Callable[[jax.Array], jax.Array]:
+    """inputs -> logits of the model in evaluation mode (no dropout, running BatchNorm statistics)."""
+    return lambda x: self.model.apply({'params': state.params, **state.model_state}, x, train=False)
+
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
-    logits_fn = lambda x: self.model.apply({'params': state.params, **state.model_state}, x, train=False)
+    logits_fn = self.logits_fn(state)
     real = batch['mask'] > 0
     sums = eval_sums(logits_fn(batch['x']), batch['y'], real, self.num_classes)
     for attack in self.attacks:  # PGD's random starts from a fixed key: every evaluation attacks alike

@@ -1,0 +1,68 @@
+"""`launch.py cv`: k-fold cross-validation of a config as one program of k replicas.
+
+Replica r trains on every fold but r (seed config.seed + r) and is validated on fold r
+(data/folds.py); one vmapped step trains them all. The report is the mean and sample standard
+deviation over folds of every validation (and test) metric, saved as <workdir>/cv.json. Where k
+replicas do not fit on the devices, `launch.py sweep` over data.fold = 0 .. k-1 trains the same
+folds one run at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ml_collections
+import numpy as np
+from etils import epath
+
+from jaxlab import train
+from jaxlab.data import folds
+from jaxlab.errors import ConfigError
+
+RESULTS_FILE = 'cv.json'
+FOLD_SOURCES = ('mnist1d', 'tfds', 'standin')  # the data sources that carve folds
+
+
+def fold_config(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
+  """`config` with k folds, all trained at once: data.fold -1 and k replicas."""
+  if k < 2:
+    raise ConfigError(f'--folds must be at least 2, got {k}')
+  if config.data.name not in FOLD_SOURCES:
+    raise ConfigError(f'data {config.data.name!r} has no k-fold split; cv works on {", ".join(FOLD_SOURCES)} data')
+  if config.num_replicas != 1:
+    raise ConfigError(f'cv makes one replica per fold; leave num_replicas at 1 (got {config.num_replicas})')
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.folds, config.data.fold, config.num_replicas = k, folds.ALL_FOLDS, k
+    config.data.validation_size = 0
+  return config
+
+
+def summarize(summary: dict[str, Any], k: int) -> dict[str, Any]:
+  """Per-fold values of every evaluated metric, with mean and sample std over the folds."""
+  metrics = {}
+  for key, values in summary.items():
+    if key.endswith('_replicas') and key.split('_')[0] in ('validation', 'test') and len(values) == k:
+      values = np.asarray(values, np.float64)
+      metrics[key[:-len('_replicas')]] = {'folds': values.tolist(), 'mean': float(values.mean()),
+                                          'std': float(values.std(ddof=1))}
+  return {'folds': k, 'step': summary['step'], 'metrics': metrics}
+
+
+def run(config: ml_collections.ConfigDict, k: int, workdir: str, restart: bool = False) -> dict[str, Any]:
+  """Trains the k folds as one run in `workdir`; returns the report also written to cv.json."""
+  summary = train.train(fold_config(config, k), workdir, restart=restart)
+  report = summarize(summary, k)
+  (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(report, indent=1))
+  return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+  k = report['folds']
+  rows = [f'| metric | mean ± std over {k} folds | ' + ' | '.join(f'fold {i}' for i in range(k)) + ' |',
+          '|---|---|' + '---|' * k]
+  for name, entry in sorted(report['metrics'].items()):
+    rows.append(f'| {name} | {entry["mean"]:.4f} ± {entry["std"]:.4f} | '
+                + ' | '.join(f'{v:.4f}' for v in entry['folds']) + ' |')
+  return '\n'.join(rows)
