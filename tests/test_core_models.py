@@ -63,7 +63,7 @@ def test_residual_mlp_adds_the_hidden_layer_to_its_input():
   assert not np.allclose(plain.apply(variables, x), residual.apply(variables, x))
   h1 = jax.nn.relu(x @ variables['params']['Dense_0']['kernel'] + variables['params']['Dense_0']['bias'])
   h2 = h1 + jax.nn.relu(h1 @ variables['params']['Dense_1']['kernel'] + variables['params']['Dense_1']['bias'])
-  expected = h2 @ variables['params']['Dense_2']['kernel'] + variables['params']['Dense_2']['bias']
+  expected = h2 @ variables['params']['head']['kernel'] + variables['params']['head']['bias']
   np.testing.assert_allclose(residual.apply(variables, x), expected, rtol=1e-5)
 
 

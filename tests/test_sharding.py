@@ -51,7 +51,7 @@ def test_mlp_and_resnet_take_the_same_rules():
   specs = sharding.param_specs(jax.eval_shape(lambda: init_state(mlp, optax.sgd(1), jax.random.PRNGKey(0),
                                                                  jnp.zeros((2, 40))).params), logical, MESH, RULES)
   # Megatron's alternation: column-parallel, row-parallel, then the classifier.
-  assert [specs[f'Dense_{i}']['kernel'] for i in range(3)] == [P('fsdp', 'tensor'), P('tensor', 'fsdp'),
+  assert [specs[name]['kernel'] for name in ('Dense_0', 'Dense_1', 'head')] == [P('fsdp', 'tensor'), P('tensor', 'fsdp'),
                                                                 P('fsdp', None)]
   resnet = models.create(ml_collections.ConfigDict({'name': 'resnet', 'depth': 8}), 10)
   x = jnp.zeros((2, 8, 8, 3))
@@ -59,7 +59,7 @@ def test_mlp_and_resnet_take_the_same_rules():
   specs = sharding.param_specs(params, sharding.param_axes(resnet, x), MESH, RULES)
   convs = [conv['kernel'] for conv in _find(specs, 'Conv')]
   assert convs and all(spec == P(None, None, None, 'fsdp') for spec in convs)  # output channels over fsdp
-  assert specs['Dense_0']['kernel'] == P('fsdp', None)
+  assert specs['head']['kernel'] == P('fsdp', None)
 
 
 def _find(tree, prefix):

@@ -170,13 +170,47 @@ def check_same(saved: dict[str, Any], config: ml_collections.ConfigDict, what: s
 
   UNCOMPARED_KEYS may differ: a checkpoint restores onto any mesh, and trackers may be switched on later.
   """
-  keys = [k for k in differing_keys(saved, to_dict(config)) if k.split('.')[0] not in UNCOMPARED_KEYS]
+  # A key the saved run predates took its default then (new keys default to the old behaviour).
+  default_values = flatten(to_dict(defaults()))
+  saved_flat = flatten(saved)
+  keys = [k for k in differing_keys(saved, to_dict(config)) if k.split('.')[0] not in UNCOMPARED_KEYS
+          and not (k not in saved_flat and _predates(saved_flat, k) and k in default_values
+                   and flatten(to_dict(config)).get(k) == default_values[k])]
   if not keys:
     return
-  saved_flat, new_flat = flatten(saved), flatten(to_dict(config))
+  new_flat = flatten(to_dict(config))
   shown = ', '.join(f'{k} ({saved_flat.get(k, "<absent>")!r} -> {new_flat.get(k, "<absent>")!r})' for k in keys[:8])
   more = f' and {len(keys) - 8} more' if len(keys) > 8 else ''
   raise ConfigError(f'{what}: {shown}{more}. {hint}')
+
+
+def _predates(saved_flat: dict[str, Any], key: str) -> bool:
+  """True if no saved key lies under or above `key`: the key is missing, not replaced by a block or a value."""
+  return not any(k.startswith(key + '.') or key.startswith(k + '.') for k in saved_flat)
+
+
+def read_run(workdir: str) -> ml_collections.ConfigDict:
+  """The config of the run in `workdir`, with the default of every key it predates filled in."""
+  saved = read_saved(workdir)
+  if saved is None:
+    raise ConfigError(f'{workdir} holds no run (no readable {CONFIG_FILE})')
+  config = ml_collections.ConfigDict(saved)
+  default = defaults()
+  for key in ('model', 'data'):  # a family's own blocks: only the keys every data block has
+    del default[key]
+  _fill_missing(config, default)
+  for key in ('folds', 'fold'):
+    if 'data' in config and key not in config.data:
+      config.data[key] = 0
+  return config
+
+
+def _fill_missing(config: ml_collections.ConfigDict, default: ml_collections.ConfigDict) -> None:
+  for key, value in default.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+      _fill_missing(config[key], value)
 
 
 def read_saved(workdir: str) -> dict[str, Any] | None:
@@ -228,11 +262,19 @@ def defaults() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, l1=0.0, l2=0.0, penalty_paths='', adversarial='',
                                           adversarial_eps=0.3, adversarial_steps=40, adversarial_step_size=0.0,
                                           adversarial_weight=0.0))
+  # Parameter paths are '/'-joined module names inside `params`, e.g. 'Dense_2/kernel' (init.py).
+  # frozen: a regex (re.search) of parameters that get no updates; linear_probe: all but the output layer 'head'.
   c.optimizer = ml_collections.ConfigDict(dict(
+      frozen='', linear_probe=False,
       name='adam', learning_rate=1e-2, schedule='constant', warmup_steps=0, final_lr_fraction=0.0,
       step_boundaries=(0.5, 0.75), step_factor=0.1, weight_decay=0.0, decay_matrices_only=False, grad_clip_norm=0.0,
       momentum=0.9, b1=0.9, b2=0.999, eps=1e-8,
       decay=0.9, rmsprop_momentum=0.0))  # rmsprop's own: optax's and torch's default is no momentum
+  # Parameters from another run (init.py), used where this run has no checkpoint of its own:
+  # workdir's newest checkpoint ('best': its early-stopping best; step > 0: that step). map: (regex,
+  # replacement) rules from source parameter paths to this run's; skip: a regex of this run's
+  # parameters left freshly initialised (a head whose class count changed).
+  c.init = ml_collections.ConfigDict(dict(workdir='', checkpoint='newest', step=0, map=(), skip=''))
   c.train = ml_collections.ConfigDict(dict(
       num_steps=6000, log_every=200, eval_every=1000, checkpoint_every=1000, keep_checkpoints=3,
       device_prefetch=2,  # batches copied onto accelerators ahead of the step (0: copy when the step runs)

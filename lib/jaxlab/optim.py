@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import optax
 
+from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
 
 SCHEDULES = ('constant', 'cosine', 'linear', 'step')
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'rmsprop')
+HEAD = 'head'  # the output layer's name in every classifier (optimizer.linear_probe trains only it)
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
@@ -63,7 +66,43 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> tuple[opta
     # Coupled L2 decay, as torch's `weight_decay` argument does for SGD and Adam.
     parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decayed))
   parts.append(rule)
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  if cfg.frozen or cfg.linear_probe:
+    tx = optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, _freezer(cfg.frozen, cfg.linear_probe))
+  return tx, schedule
+
+
+def _freezer(frozen: str, linear_probe: bool) -> Callable[[Any], Any]:
+  """params -> the same tree of 'frozen' / 'trained' labels (optax.multi_transform)."""
+  config_lib.require(not (frozen and linear_probe), 'set optimizer.frozen or optimizer.linear_probe, not both')
+  try:
+    pattern = re.compile(frozen)
+  except re.error as e:
+    raise ConfigError(f'optimizer.frozen {frozen!r} is not a regular expression: {e}') from None
+
+  def labels(params: Any) -> Any:
+    paths = parameter_paths(params)
+    if linear_probe:
+      config_lib.require(HEAD in params, f"optimizer.linear_probe needs a model whose output layer is named "
+                                         f"'{HEAD}'; this one's parameters are {', '.join(paths)}")
+      is_frozen = {path: not path.startswith(HEAD + '/') for path in paths}
+    else:
+      is_frozen = {path: bool(pattern.search(path)) for path in paths}
+      config_lib.require(any(is_frozen.values()), f'optimizer.frozen {frozen!r} matches no parameter; the '
+                                                  f'parameters are {", ".join(paths)}')
+      config_lib.require(not all(is_frozen.values()), f'optimizer.frozen {frozen!r} matches every parameter: '
+                                                      'nothing would train')
+    return jax.tree.map(lambda path: 'frozen' if is_frozen[path] else 'trained', _paths_tree(params))
+  return labels
+
+
+def parameter_paths(params: Any) -> list[str]:
+  """'Dense_0/kernel', ...: every parameter's '/'-joined path, in the tree's order."""
+  return jax.tree.leaves(_paths_tree(params))
+
+
+def _paths_tree(params: Any) -> Any:
+  return jax.tree_util.tree_map_with_path(lambda path, _: '/'.join(str(getattr(k, 'key', k)) for k in path), params)
 
 
 def learning_rates(opt_state: Any) -> dict[str, Any]:

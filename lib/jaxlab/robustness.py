@@ -23,12 +23,7 @@ PLOT_FILE = 'attack.png'
 
 def classification_run_config(workdir: str, command: str) -> ml_collections.ConfigDict:
   """The saved config of the classification run in `workdir`, which `command` (attack, explain) needs."""
-  saved = config_lib.read_saved(workdir)
-  if saved is None:
-    raise ConfigError(f'{workdir} holds no run (no readable {config_lib.CONFIG_FILE})')
-  config = ml_collections.ConfigDict(saved)
-  if 'eval' not in config:  # a run from before attacks existed
-    config.eval = config_lib.defaults().eval
+  config = config_lib.read_run(workdir)
   if config.task != 'classification':
     raise ConfigError(f'{workdir} holds a {config.task!r} run; {command} needs a classification run')
   return config

@@ -17,7 +17,7 @@ import numpy as np
 from etils import epath
 
 from jaxlab import accumulate, checkpoint, data, early_stopping, flops, metrics, optim, parallel, replicas, sharding
-from jaxlab import stop, tasks, trackers
+from jaxlab import init_from_run, stop, tasks, trackers
 from jaxlab import config as config_lib
 from jaxlab.errors import JaxlabError, NonFiniteLossError
 from jaxlab.logging import MetricWriter, Progress, format_metrics
@@ -94,6 +94,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   config_lib.require(config.num_replicas >= 1, f'num_replicas must be >= 1, got {config.num_replicas}')
   config_lib.require(0 <= config.seed and config.seed + config.num_replicas - 1 <= MAX_SEED,
                      f'seed must be in [0, {MAX_SEED - config.num_replicas + 1}], got {config.seed}')
+  init_from_run.validate(config.init)
 
 
 @dataclasses.dataclass
@@ -224,21 +225,42 @@ def _restore_or_init(program: _Program, ckpt: checkpoint.Checkpointer, config: m
   return 0, jax.jit(program.task.init, out_shardings=program.state_sharding)(program.rng, program.example)
 
 
-def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, _Program, TrainState]:
-  """(step, program, state) of `workdir`'s newest intact checkpoint, built under `config`.
+CHECKPOINT_DIRS = {'newest': 'checkpoints', 'best': early_stopping.BEST_DIR}  # which -> folder of the workdir
+
+
+def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str = 'newest',
+                       step: int = 0) -> tuple[int, _Program, TrainState]:
+  """(step, program, state) of `workdir`'s newest intact checkpoint (`which='best'`: of its early-stopping
+  best; `step` > 0: that step), built under `config`.
 
   `config` may differ from the run's own in the keys that do not change what was trained
   (config.UNCOMPARED_KEYS), e.g. other `eval` settings for a finished run.
   """
+  config_lib.require(which in CHECKPOINT_DIRS, f'checkpoint must be one of {", ".join(CHECKPOINT_DIRS)}, got {which!r}')
+  directory = epath.Path(workdir) / CHECKPOINT_DIRS[which]
+  if not directory.exists():
+    raise JaxlabError(f'{workdir} has no checkpoint to load (no {CHECKPOINT_DIRS[which]}/ folder' +
+                      ('; the best one is kept only with train.early_stopping_metric)' if which == 'best' else ')'))
   program = _build(config, workdir)
-  ckpt = checkpoint.Checkpointer(str(epath.Path(workdir) / 'checkpoints'), config.train.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(str(directory), keep=1_000_000)  # never deletes: it only reads
   try:
-    step, state = _restore_or_init(program, ckpt, config, workdir)
+    step, state = _restore_step(program, ckpt, config, workdir, step) if step else _restore_or_init(
+        program, ckpt, config, workdir)
   finally:
     ckpt.close()
   if step == 0:
-    raise JaxlabError(f'{workdir} has no checkpoint to evaluate')
+    raise JaxlabError(f'{directory} holds no checkpoint')
   return step, program, state
+
+
+def _restore_step(program: _Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
+                  workdir: str, step: int) -> tuple[int, TrainState]:
+  steps = ckpt.all_steps()
+  config_lib.require(step in steps, f'{ckpt.directory} has no checkpoint of step {step}; it has '
+                                    f'{", ".join(map(str, sorted(steps))) or "none"}')
+  saved, meta = ckpt.read_meta(step)
+  config_lib.check_same(saved, config, f'the checkpoint of step {step} in {workdir} was saved by a different config')
+  return step, ckpt.restore(step, checkpoint.abstract_with_shardings(program.abstract, program.state_sharding), meta)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -318,6 +340,8 @@ class _Run:
     self.ckpt = checkpoint.Checkpointer(str(epath.Path(workdir) / 'checkpoints'), config.train.keep_checkpoints)
     try:
       self.start, self.state = _restore_or_init(program, self.ckpt, config, workdir)
+      if self.start == 0 and config.init.workdir:
+        self.state = init_from_run.load(config, self.state, workdir)
       self.trackers = trackers.start(config, workdir, jax.process_index() == 0)
     except BaseException:  # a refused config, no intact checkpoint, a tracker that cannot start, a signal
       self.ckpt.close()

@@ -64,4 +64,4 @@ class CNN1D(nn.Module):
         layer = nn.Conv(self.channels, (kernel,), strides=(stride,), padding=[(self.padding, self.padding)],
                         name=f'Conv_{i}')
       x = nn.relu(layer(x))
-    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+    return nn.Dense(self.num_classes, name='head')(x.reshape(x.shape[0], -1))

@@ -37,7 +37,7 @@ class LeNet5(nn.Module):
     for width in (120, 84):
       x = act(nn.Dense(width)(x))
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, name='head')(x)
 
 
 class CNN(nn.Module):
@@ -66,4 +66,4 @@ class CNN(nn.Module):
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
       x = nn.relu(nn.Dense(width)(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, name='head')(x)

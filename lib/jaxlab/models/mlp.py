@@ -27,9 +27,9 @@ class MLP(nn.Module):
       h = nn.relu(_dense(width, names[i % 2])(x))
       x = x + h if self.residual and x.shape[-1] == width else h
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return _dense(self.num_classes, (names[len(self.hidden) % 2][0], 'classes'))(x)
+    return _dense(self.num_classes, (names[len(self.hidden) % 2][0], 'classes'), name='head')(x)
 
 
-def _dense(features: int, names: tuple[str, str]) -> nn.Dense:
-  return nn.Dense(features, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+def _dense(features: int, names: tuple[str, str], name: str | None = None) -> nn.Dense:
+  return nn.Dense(features, name=name, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))

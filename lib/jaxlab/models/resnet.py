@@ -95,4 +95,4 @@ class ResNet(nn.Module):
         x = block(width, strides, norm, projection=self.style != 'cifar')(x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=nn.with_logical_partitioning(
-        nn.initializers.lecun_normal(), ('embed', 'classes')))(x)
+        nn.initializers.lecun_normal(), ('embed', 'classes')), name='head')(x)

@@ -36,7 +36,7 @@ class RNNClassifier(nn.Module):
       layer = nn.Bidirectional(layer, nn.RNN(cell(self.hidden)))
     y = layer(x)
     y = y.reshape(y.shape[0], -1) if self.readout == 'flatten' else y[:, -1]
-    return nn.Dense(self.num_classes)(y)
+    return nn.Dense(self.num_classes, name='head')(y)
 
 
 class RNNLM(nn.Module):
