@@ -3,7 +3,8 @@
 It applies only where the run has no checkpoint of its own (its own resume wins). Paths are the
 '/'-joined module names inside a collection: 'Dense_0/kernel' in `params`, 'BatchNorm_0/mean' in
 `batch_stats`. Each source path is renamed by the first `init.map` rule (regex, replacement) that
-matches it (re.search, then re.sub once); the others keep their names. Every array of this run
+matches it (re.search, then re.sub once); the others keep their names. Every array of this run's
+collections that the source has too (a distillation student's 'teacher' collection is its own) and
 that `init.skip` does not match must then find a source of its shape; source arrays nothing asks
 for are left out (an encoder loaded from an autoencoder). Bad input is a ConfigError naming the
 rule, the array or the path.
@@ -84,6 +85,8 @@ def plan(target: dict[str, Any], source: dict[str, Any], init: ml_collections.Co
   """{target key: source key} for every target array to load; the shapes are checked (per-replica leading axes
   already dropped from both)."""
   renamed = _rename(source, _rules(init.map), init.workdir)
+  collections = {key.split(':', 1)[0] for key in source}
+  target = {key: leaf for key, leaf in target.items() if key.split(':', 1)[0] in collections}
   skip = _compile('init.skip', init.skip) if init.skip else None
   skipped = [key for key in target if skip and skip.search(key.split(':', 1)[1])]
   config_lib.require(not skip or bool(skipped), f'init.skip {init.skip!r} matches no parameter of this run; its '
@@ -102,20 +105,28 @@ def plan(target: dict[str, Any], source: dict[str, Any], init: ml_collections.Co
   return chosen
 
 
-def _restore_source(config: ml_collections.ConfigDict) -> tuple[int, ml_collections.ConfigDict, TrainState]:
+def restore_run(workdir: str, which: str = 'newest', step: int = 0, what: str = 'init.workdir') -> tuple[
+    int, ml_collections.ConfigDict, Any, TrainState]:
+  """(step, config, data source, state) of another run's checkpoint (`which`, or `step` > 0), read
+  onto this process's devices with everything replicated; its replicas' leading axis kept."""
   from jaxlab import train  # train imports this module
-  init = config.init
-  source_config = config_lib.read_run(init.workdir)
+  source_config = config_lib.read_run(workdir)
   with source_config.unlocked():
     # Uncompared keys: read onto all devices, everything replicated, the batch unsplit; no attacks.
     source_config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=-1))
     source_config.sharding_rules = ()
     source_config.eval.attack_eps = ()
   try:
-    step, _, state = train.restore_checkpoint(source_config, init.workdir, init.checkpoint, init.step)
+    found, program, state = train.restore_checkpoint(source_config, workdir, which, step)
   except JaxlabError as e:
-    raise ConfigError(f'init.workdir: {e}') from None
-  return step, source_config, state
+    raise ConfigError(f'{what}: {e}') from None
+  return found, source_config, program.source, state
+
+
+def first_replica(config: ml_collections.ConfigDict, tree: Any) -> Any:
+  """The arrays of replica 0 of a run of several (`num_replicas` > 1), as numpy; the tree itself otherwise."""
+  tree = jax.device_get(tree)
+  return jax.tree.map(lambda v: np.asarray(v[0] if config.num_replicas > 1 else v), tree)
 
 
 def load(config: ml_collections.ConfigDict, state: TrainState, workdir: str) -> TrainState:
@@ -123,10 +134,9 @@ def load(config: ml_collections.ConfigDict, state: TrainState, workdir: str) -> 
   init = config.init
   config_lib.require(init.workdir.rstrip('/') != workdir.rstrip('/'), f'init.workdir is this run\'s own workdir '
                                                                       f'{workdir}; it resumes from its own checkpoints')
-  step, source_config, source_state = _restore_source(config)
+  step, source_config, _, source_state = restore_run(init.workdir, init.checkpoint, init.step)
   # A run of several replicas (seeds) gives its first; a run of several takes the same arrays in each.
-  source = {k: np.asarray(v[0] if source_config.num_replicas > 1 else v)
-            for k, v in jax.device_get(_flat(source_state)).items()}
+  source = first_replica(source_config, _flat(source_state))
   target = _flat(state)
   per_replica = config.num_replicas > 1
   shapes = {k: jax.ShapeDtypeStruct(v.shape[1:] if per_replica else v.shape, v.dtype) for k, v in target.items()}

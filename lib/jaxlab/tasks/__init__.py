@@ -12,6 +12,7 @@ from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
 from jaxlab.tasks.base import Task
 from jaxlab.tasks.classification import Classification
+from jaxlab.tasks.distillation import Distillation
 from jaxlab.tasks.language_model import LanguageModel, Samples
 from jaxlab.tasks.masked_lm import MaskedLM
 from jaxlab.tasks.node_classification import NodeClassification
@@ -69,10 +70,30 @@ def masked_lm(config: ml_collections.ConfigDict, source: Any) -> MaskedLM:
                   config.data.batch_size * config.data.block_size, config.data.block_size)
 
 
+def distillation(config: ml_collections.ConfigDict, source: Any) -> Distillation:
+  """A classifier (config.model) learning the soft targets of the finished classification run `distill.teacher`."""
+  from jaxlab import init_from_run  # it reads runs through train, which imports this package
+  config_lib.require('distill' in config, 'task distillation needs a distill block (teacher, temperature, hard_weight)')
+  d = config.distill
+  config_lib.require(bool(d.teacher), 'distill.teacher is empty; give the workdir of a finished classification run')
+  config_lib.require(d.temperature > 0, f'distill.temperature must be positive, got {d.temperature}')
+  config_lib.require(d.hard_weight >= 0, f'distill.hard_weight must be >= 0, got {d.hard_weight}')
+  teacher_task = config_lib.read_run(d.teacher).task
+  config_lib.require(teacher_task == 'classification',
+                     f'distill.teacher {d.teacher} holds a {teacher_task!r} run, not a classification run')
+  _, teacher_config, teacher_source, state = init_from_run.restore_run(d.teacher, what='distill.teacher')
+  config_lib.require(teacher_source.num_classes == source.num_classes,
+                     f'distill.teacher {d.teacher} has {teacher_source.num_classes} classes, this data '
+                     f'{source.num_classes}')
+  variables = init_from_run.first_replica(teacher_config, {'params': state.params, **state.model_state})
+  teacher = models.create(teacher_config.model, source.num_classes)
+  return Distillation(classification(config, source), teacher, variables, d.temperature, d.hard_weight)
+
+
 # name -> make(config, source) -> Task. A task of one's own is any such function, named by import path.
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, Any], Task]] = {
     'classification': classification, 'language_model': language_model, 'masked_lm': masked_lm,
-    'node_classification': node_classification}
+    'node_classification': node_classification, 'distillation': distillation}
 
 
 def make(config: ml_collections.ConfigDict, source: Any) -> Task:
