@@ -15,7 +15,7 @@ from jaxlab.data import vision
 from jaxlab.errors import ConfigError
 from jaxlab.tasks.classification import Classification, weight_penalty
 
-CONFIGS = ['mnist/lenet5', 'mnist/madry_cnn', 'mnist/logistic', 'mnist/hinton', 'fashion_mnist/cnn', 'fashion_mnist/mlp', 'cifar10/resnet20', 'cifar10/resnet56',
+CONFIGS = ['mnist/lenet5', 'mnist/madry_cnn', 'mnist/logistic', 'mnist/hinton', 'mnist/lenet300', 'fashion_mnist/cnn', 'fashion_mnist/mlp', 'cifar10/resnet20', 'cifar10/resnet56',
            'imagenet/resnet50']
 
 
@@ -47,6 +47,7 @@ def test_standin_config_model_gives_one_logit_per_class(name):
     # Hinton et al. 2015's MNIST teacher and student: 784*1200+1200 + 1200*1200+1200 + 1200*10+10, and 800 wide
     ({'name': 'mlp', 'hidden': (1200, 1200)}, (28, 28, 1), 2_395_210),
     ({'name': 'mlp', 'hidden': (800, 800)}, (28, 28, 1), 1_276_810),
+    ({'name': 'mlp', 'hidden': (300, 100)}, (28, 28, 1), 266_610),  # Han et al. 2015, Table 1: 267K
     ({'name': 'resnet', 'depth': 20, 'style': 'cifar'}, (32, 32, 3), 0.27e6),  # He et al. 2016, Table 6
     ({'name': 'resnet', 'depth': 56, 'style': 'cifar'}, (32, 32, 3), 0.85e6),
     ({'name': 'resnet', 'depth': 18, 'style': 'imagenet'}, (224, 224, 3), 11.7e6),

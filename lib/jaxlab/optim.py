@@ -10,6 +10,7 @@ import ml_collections
 import optax
 
 from jaxlab import config as config_lib
+from jaxlab import pruning
 from jaxlab.errors import ConfigError
 
 SCHEDULES = ('constant', 'cosine', 'linear', 'step')
@@ -69,6 +70,9 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> tuple[opta
   tx = optax.chain(*parts)
   if cfg.frozen or cfg.linear_probe:
     tx = optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, _freezer(cfg.frozen, cfg.linear_probe))
+  if cfg.prune.sparsity:
+    pruning.validate(cfg.prune, num_steps)
+    tx = optax.chain(tx, pruning.prune_by_magnitude(cfg.prune.sparsity, tuple(cfg.prune.steps)))
   return tx, schedule
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from etils import epath
 
 from jaxlab import accumulate, checkpoint, data, early_stopping, flops, metrics, optim, parallel, replicas, sharding
-from jaxlab import init_from_run, stop, tasks, trackers
+from jaxlab import init_from_run, pruning, stop, tasks, trackers
 from jaxlab import config as config_lib
 from jaxlab.errors import JaxlabError, NonFiniteLossError
 from jaxlab.logging import MetricWriter, Progress, format_metrics
@@ -522,6 +522,9 @@ class _Run:
                'steps_trained': self.step - self.start, **self.program.state_bytes(),
                **(best.summary(stopped_early) if best is not None else {}),
                **{f'{split}_{k}': v for split, m in results.items() for k, v in m.items()}}
+    if self.config.optimizer.prune.sparsity:
+      summary['nonzeros'] = pruning.nonzeros(self.state.params)
+      self.progress.message('Nonzero parameters:\n' + pruning.format_nonzeros(summary['nonzeros']))
     if jax.process_index() == 0:
       summary_path = epath.Path(self.workdir) / SUMMARY_FILE
       summary_path.write_text(json.dumps(summary, indent=2))
