@@ -2,6 +2,7 @@
 `launch.py cv` trains the folds as replicas that equal the separate runs; bad input is one line."""
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -72,6 +73,21 @@ def test_image_folds_through_grain_records():
   assert sum(int(b['mask'].sum()) for b in validation) == 8
   train_batch = next(source.train_batches(0))
   assert train_batch['x'].shape == (8, 28, 28, 1)
+
+
+def test_train_fraction_keeps_a_stratified_nested_part_of_each_class():
+  labels = np.repeat([0, 1, 2], [100, 50, 10])
+  tenth, half = folds.subset(labels, 0.1), folds.subset(labels, 0.5)
+  assert np.bincount(labels[tenth]).tolist() == [10, 5, 1] and np.bincount(labels[half]).tolist() == [50, 25, 5]
+  assert set(tenth) <= set(half) and np.all(np.diff(tenth) > 0)
+  assert np.array_equal(folds.subset(labels, 1.0), np.arange(160))
+  with pytest.raises(ConfigError, match=re.escape('data.train_fraction must be in (0, 1], got 0.0')):
+    folds.subset(labels, 0.0)
+  cfg = data_config('mnist', name='standin', batch_size=4, eval_batch_size=8, train_fraction=0.5)
+  whole = data.make_source(data_config('mnist', name='standin', batch_size=4, eval_batch_size=8), seed=0)
+  train = whole.splits['train']  # stand-in MNIST: two batches of training images
+  counts = np.bincount(train.read(np.arange(len(train)))['label'])
+  assert len(data.make_source(cfg, seed=0).splits['train']) == sum(max(1, round(n / 2)) for n in counts if n)
 
 
 @pytest.mark.parametrize('overrides, message', [

@@ -1,4 +1,4 @@
-"""Stratified k-fold cross-validation folds carved from a training split (never the test split).
+"""Stratified k-fold cross-validation folds, and stratified subsets, carved from a training split (never the test split).
 
 `data.folds = k` (0: off) and `data.fold = i` make fold i the 'validation' split and the other
 k - 1 folds the training split. Fold i of k is the same for every run seed: the assignment comes
@@ -48,3 +48,13 @@ def rows(labels: np.ndarray, k: int, fold: int) -> tuple[np.ndarray, np.ndarray]
   """(training rows, validation rows) of fold `fold` of `k`, each in increasing order."""
   folds = assign(labels, k)
   return np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+
+
+def subset(labels: np.ndarray, fraction: float) -> np.ndarray:
+  """Increasing rows of a stratified `fraction` of the examples: of each class, the first round(fraction * n)
+  (at least one) of the same fixed random order the folds use, so a smaller fraction is a subset of a larger."""
+  if not 0 < fraction <= 1:
+    raise ConfigError(f'data.train_fraction must be in (0, 1], got {fraction}')
+  order = np.random.default_rng(FOLD_SEED).permutation(len(labels))
+  kept = [order[labels[order] == c][:max(1, round(fraction * np.sum(labels == c)))] for c in np.unique(labels)]
+  return np.sort(np.concatenate(kept))
