@@ -15,7 +15,7 @@ from jaxlab.data import vision
 from jaxlab.errors import ConfigError
 from jaxlab.tasks.classification import Classification, weight_penalty
 
-CONFIGS = ['mnist/lenet5', 'mnist/madry_cnn', 'mnist/logistic', 'mnist/hinton', 'mnist/lenet300', 'fashion_mnist/cnn', 'fashion_mnist/mlp', 'cifar10/resnet20', 'cifar10/resnet56',
+CONFIGS = ['mnist/lenet5', 'mnist/madry_cnn', 'mnist/logistic', 'mnist/hinton', 'mnist/lenet300', 'fashion_mnist/transfer', 'fashion_mnist/cnn', 'fashion_mnist/mlp', 'cifar10/resnet20', 'cifar10/resnet56',
            'imagenet/resnet50']
 
 
