@@ -151,10 +151,11 @@ def load(config: ml_collections.ConfigDict, state: TrainState, workdir: str) -> 
 
   new = {k: loaded(k, v) for k, v in target.items()}
   fresh = [k for k in target if k not in chosen]
-  print(f'Initialised {len(chosen)} of {len(target)} arrays from step {step} of {init.workdir} '
-        f'({init.checkpoint if not init.step else "step " + str(init.step)}'
-        f'{", replica 0" if source_config.num_replicas > 1 else ""})'
-        + (f'; fresh: {", ".join(fresh)}' if fresh else ''), flush=True)
+  if jax.process_index() == 0:
+    print(f'Initialised {len(chosen)} of {len(target)} arrays from step {step} of {init.workdir} '
+          f'({init.checkpoint if not init.step else "step " + str(init.step)}'
+          f'{", replica 0" if source_config.num_replicas > 1 else ""})'
+          + (f'; fresh: {", ".join(fresh)}' if fresh else ''), flush=True)
   return _unflat(state, new)
 
 
