@@ -85,12 +85,12 @@ def runs(tmp_path_factory):
   return root, single.stdout, multi_out
 
 
-def _assert_close(a, b):
+def _assert_close(a, b, atol=1e-5):
   import jax
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert jax.tree.structure(a) == jax.tree.structure(b) and leaves_a
   for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(x, y, atol=atol, rtol=0)
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(runs):
@@ -186,7 +186,10 @@ def test_two_processes_share_the_grain_pipeline_and_prepare_tfds_once(tmp_path):
   outputs = _two_processes(tmp_path / 'multi', cache, False, FASHION_MLP, **data)
   assert 'on 4 cpu device(s)' in outputs[0] and 'Finished step 20/20' in outputs[0]
   _one_process(tmp_path / 'single', cache, FASHION_MLP, **data)  # reads the folder the two prepared
-  _assert_close(_params(tmp_path / 'single', 20), _params(tmp_path / 'multi', 20))
+  # Adam moves a weight whose gradient is near zero by up to its rate (1e-3) per step whatever the
+  # gradient's size, so a rounding difference in such a gradient's cross-process sum shows at 1e-5
+  # (one weight of 78,400 did); 1e-4 is a tenth of one step.
+  _assert_close(_params(tmp_path / 'single', 20), _params(tmp_path / 'multi', 20), atol=1e-4)
 
 
 def test_env_vars_configure_the_job(tmp_path):
