@@ -24,7 +24,7 @@ from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError, JaxlabError
 from jaxlab.state import TrainState
 
-CHECKPOINTS = ('newest', 'best')
+CHECKPOINTS = ('newest', 'best')  # train.CHECKPOINT_DIRS' keys; train imports this module
 
 
 def validate(init: ml_collections.ConfigDict) -> None:

@@ -10,16 +10,14 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxlab import checkpoint, tasks
+from jaxlab import checkpoint, tasks, train
 from jaxlab import config as config_lib
 from jaxlab.data import text
 from jaxlab.errors import ConfigError
 
-CHECKPOINTS = {'newest': 'checkpoints', 'best': 'best'}  # --checkpoint -> folder of the workdir
-
 
 def _restore_params(workdir: str, task: Any, block_size: int, which: str) -> tuple[int, Any]:
-  directory = epath.Path(workdir) / CHECKPOINTS[which]
+  directory = epath.Path(workdir) / train.CHECKPOINT_DIRS[which]
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   example = {'x': np.zeros((1, block_size), np.int32), 'y': np.zeros((1, block_size), np.int32)}
   abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)
