@@ -172,13 +172,12 @@ def check_same(saved: dict[str, Any], config: ml_collections.ConfigDict, what: s
   """
   # A key the saved run predates took its default then (new keys default to the old behaviour).
   default_values = flatten(to_dict(defaults()))
-  saved_flat = flatten(saved)
+  saved_flat, new_flat = flatten(saved), flatten(to_dict(config))
   keys = [k for k in differing_keys(saved, to_dict(config)) if k.split('.')[0] not in UNCOMPARED_KEYS
           and not (k not in saved_flat and _predates(saved_flat, k) and k in default_values
-                   and flatten(to_dict(config)).get(k) == default_values[k])]
+                   and new_flat.get(k) == default_values[k])]
   if not keys:
     return
-  new_flat = flatten(to_dict(config))
   shown = ', '.join(f'{k} ({saved_flat.get(k, "<absent>")!r} -> {new_flat.get(k, "<absent>")!r})' for k in keys[:8])
   more = f' and {len(keys) - 8} more' if len(keys) > 8 else ''
   raise ConfigError(f'{what}: {shown}{more}. {hint}')
