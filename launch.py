@@ -8,6 +8,8 @@
   python launch.py results SWEEP_WORKDIR [--metric=test_accuracy]
   python launch.py sample  --workdir=DIR [--prompt=TEXT --num_tokens=N --temperature=T --top_k=K --seed=S
                            --num_samples=M --checkpoint=newest|best]   (a language-model run)
+  python launch.py sample  --workdir=DIR [--num=64 --seed=S --checkpoint=newest|best]   (a GAN or VAE run: a
+                           grid of generated images in DIR/samples/)
   python launch.py attack  --workdir=DIR [--eps=0.1,0.2,0.3 --attacks=fgsm,pgd --pgd_steps=N --pgd_restarts=R]
                            [--num_examples=N]   (a classification run: accuracy under attack vs epsilon,
                            attack.json, attack.png)
@@ -73,7 +75,7 @@ _PGD_RESTARTS = flags.DEFINE_integer('pgd_restarts', 1, 'attack: PGD random rest
 _NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 0, 'attack: the first N examples of each split, in whole '
                                      'evaluation batches (0: all).')
 _SPLIT = flags.DEFINE_string('split', 'test', 'explain: the split whose first examples are explained.')
-_NUM = flags.DEFINE_integer('num', 16, 'explain: how many examples.')
+_NUM = flags.DEFINE_integer('num', 16, 'explain: how many examples; sample: how many images (a GAN or VAE run).')
 _METHODS = flags.DEFINE_list('methods', ['saliency', 'grad_x_input', 'integrated_gradients', 'smoothgrad'],
                              'explain: attribution methods.')
 _TARGET = flags.DEFINE_string('target', 'predicted', 'explain: the logit explained, the predicted class or the label.')
@@ -217,6 +219,10 @@ def _sample() -> None:
   if not _WORKDIR.value:
     raise ConfigError('sample needs --workdir, the run to sample from')
   parallel.enable_compilation_cache()
+  if not sample.is_text_run(_WORKDIR.value):
+    step, path = sample.images_from_workdir(_WORKDIR.value, _NUM.value, _SAMPLE_SEED.value, _CHECKPOINT.value)
+    print(f'{_NUM.value} images | {_CHECKPOINT.value} checkpoint, step {step} | seed {_SAMPLE_SEED.value} | {path}')
+    return
   step, texts = sample.from_workdir(_WORKDIR.value, _PROMPT.value, _NUM_TOKENS.value, _TEMPERATURE.value, _TOP_K.value,
                                     _SAMPLE_SEED.value, _NUM_SAMPLES.value, _CHECKPOINT.value)
   for i, text in enumerate(texts):

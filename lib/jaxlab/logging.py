@@ -15,7 +15,8 @@ METRICS_FILE = 'metrics.jsonl'
 SHOWCASE_DIR = 'samples'
 
 
-def _write_png(path: epath.Path, image: Any) -> None:
+def write_png(path: epath.Path, image: Any) -> None:
+  """An HWC uint8 image (1 or 3 channels) as a PNG file, also in a bucket (gs://)."""
   import io
 
   import numpy as np
@@ -23,7 +24,7 @@ def _write_png(path: epath.Path, image: Any) -> None:
   image = np.asarray(image)
   buffer = io.BytesIO()
   Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format='png')
-  path.write_bytes(buffer.getvalue())  # also into a bucket (gs://)
+  path.write_bytes(buffer.getvalue())
 
 
 def parse_line(line: str | bytes) -> dict[str, Any] | None:
@@ -104,7 +105,7 @@ class MetricWriter:
         self._tb.add_text(name, f'```\n{item}\n```', step)  # a code block keeps line breaks in TensorBoard
       else:
         path = folder / f'step_{step:08d}_{name}.png'
-        _write_png(path, item)
+        write_png(path, item)
         self._tb.add_image(name, item, step, dataformats='HWC')
       written.append(str(path))
     self._trackers.showcase(step, items)

@@ -112,11 +112,13 @@ def _paths_tree(params: Any) -> Any:
 def learning_rates(opt_state: Any) -> dict[str, Any]:
   """The learning rate each optimizer in `opt_state` applied in its latest update.
 
-  One optimizer gives {'learning_rate': ...}; several (a GAN's dict of states) are named by path.
+  One optimizer gives {'learning_rate': ...}; several (a GAN's dict of states) are named by their dict keys:
+  learning_rate_generator, learning_rate_discriminator.
   """
   injected = lambda node: isinstance(node, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState))
   found = [(path, node) for path, node in jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=injected)[0]
            if injected(node) and 'learning_rate' in node.hyperparams]
   if len(found) == 1:
     return {'learning_rate': found[0][1].hyperparams['learning_rate']}
-  return {f'learning_rate{jax.tree_util.keystr(path)}': node.hyperparams['learning_rate'] for path, node in found}
+  name = lambda path: '_'.join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+  return {f'learning_rate_{name(path)}': node.hyperparams['learning_rate'] for path, node in found}

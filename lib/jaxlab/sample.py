@@ -1,4 +1,5 @@
-"""`launch.py sample`: text from the newest (or best) checkpoint of a language-model run."""
+"""`launch.py sample`: text from a language-model run, or a grid of images from a GAN or VAE run (its newest
+or best checkpoint)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxlab import checkpoint, tasks, train
+from jaxlab import checkpoint, data, images, logging, tasks, train
 from jaxlab import config as config_lib
 from jaxlab.data import text
 from jaxlab.errors import ConfigError
+from jaxlab.logging import SHOWCASE_DIR
 
 
-def _restore_params(workdir: str, task: Any, block_size: int, which: str) -> tuple[int, Any]:
+def _restore_state(workdir: str, task: Any, example: Any, which: str) -> tuple[int, Any]:
+  """(step, TrainState) of the newest or best checkpoint of `workdir`, on one device."""
   directory = epath.Path(workdir) / train.CHECKPOINT_DIRS[which]
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  example = {'x': np.zeros((1, block_size), np.int32), 'y': np.zeros((1, block_size), np.int32)}
   abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)
   target = checkpoint.abstract_with_shardings(abstract, jax.tree.map(lambda _: device, abstract))
   ckpt = checkpoint.Checkpointer(str(directory), keep=1_000_000)
@@ -30,17 +32,40 @@ def _restore_params(workdir: str, task: Any, block_size: int, which: str) -> tup
   if found is None:
     raise ConfigError(f'no checkpoint in {directory}' + (' (the best one is kept only with '
                                                           'train.early_stopping_metric)' if which == 'best' else ''))
-  return found[0], found[1].params
+  return found[0], found[1]
+
+
+def _saved_config(workdir: str) -> ml_collections.ConfigDict:
+  if not (epath.Path(workdir) / config_lib.CONFIG_FILE).exists():
+    raise ConfigError(f'{workdir} holds no run (no {config_lib.CONFIG_FILE})')
+  return config_lib.read_run(workdir)
+
+
+def is_text_run(workdir: str) -> bool:
+  """Whether `workdir` holds a run on text (it kept a vocabulary), whose samples are texts, not images."""
+  return text.read_vocabulary(workdir) is not None
+
+
+def images_from_workdir(workdir: str, num: int, seed: int, which: str = 'newest') -> tuple[int, str]:
+  """Writes a grid of `num` images drawn from the generator or VAE of `workdir` (seed `seed`) to its samples/
+  folder; returns (checkpoint step, the PNG's path)."""
+  config_lib.require(num > 0, f'--num must be positive, got {num}')
+  config = _saved_config(workdir)
+  source = data.make_source(config.data, config.seed, workdir)
+  task = tasks.make(config, source)
+  if not hasattr(task, 'sample_images'):
+    raise ConfigError(f'{workdir} holds a {config.task!r} run, which does not generate images; sample needs a '
+                      'gan or vae run, or a language model')
+  step, state = _restore_state(workdir, task, source.example_batch(), which)
+  path = epath.Path(workdir) / SHOWCASE_DIR / f'sample_step{step}_seed{seed}_{num}.png'
+  path.parent.mkdir(parents=True, exist_ok=True)
+  logging.write_png(path, images.grid(task.sample_images(state, jax.random.key(seed), num)))
+  return step, str(path)
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, text.Vocabulary, Any]:
   """A language-model run's config, vocabulary and task, read from its workdir (no corpus needed)."""
-  if not (epath.Path(workdir) / config_lib.CONFIG_FILE).exists():
-    raise ConfigError(f'{workdir} holds no run (no {config_lib.CONFIG_FILE})')
-  saved = config_lib.read_saved(workdir)
-  if saved is None:
-    raise ConfigError(f'{workdir}/{config_lib.CONFIG_FILE} is unreadable')
-  config = ml_collections.ConfigDict(saved)
+  config = _saved_config(workdir)
   vocab = text.read_vocabulary(workdir)
   if vocab is None:
     raise ConfigError(f'{workdir} is not a language-model run (task {config.task!r} on data {config.data.name!r}); '
@@ -67,6 +92,7 @@ def from_workdir(workdir: str, prompt: str, num_tokens: int, temperature: float,
     tokens = vocab.encode(prompt)
   except ConfigError as e:
     raise ConfigError(f'--prompt: {e}') from None
-  step, params = _restore_params(workdir, task, config.data.block_size, which)
-  out = task.generate(params, np.tile(tokens, (num_samples, 1)), jax.random.key(seed), num_tokens, temperature, top_k)
+  example = {'x': np.zeros((1, config.data.block_size), np.int32), 'y': np.zeros((1, config.data.block_size), np.int32)}
+  step, state = _restore_state(workdir, task, example, which)
+  out = task.generate(state.params, np.tile(tokens, (num_samples, 1)), jax.random.key(seed), num_tokens, temperature, top_k)
   return step, [vocab.decode(row) for row in np.asarray(out)]

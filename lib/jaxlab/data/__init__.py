@@ -34,7 +34,8 @@ class Source(Protocol):
     """This host's rows of the global batches of steps start_step, start_step + 1, ..."""
 
   def eval_batches(self, split: str) -> Iterator[Batch]:
-    """The whole split in order, padded to full batches; 'mask' marks the real examples."""
+    """The whole split in order, padded to full batches; 'mask' marks the real examples and, where a source
+    gives it, 'index' their rows in the split (per-example randomness that no batching changes)."""
 
 
 def make_source(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None = None) -> Source:

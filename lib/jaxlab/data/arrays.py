@@ -71,8 +71,8 @@ class ArraySource:
       step += 1
 
   def eval_batches(self, split: str) -> Iterator[Batch]:
-    """The whole split in order, padded to full batches; 'mask' marks the real examples."""
+    """The whole split in order, padded to full batches; 'mask' marks the real examples, 'index' their rows."""
     data, n = self.splits[split], self.num_examples(split)
     for index in range(-(-n // self.eval_batch_size)):
       rows, mask = eval_rows(index, self.eval_batch_size, n, jax.process_index(), jax.process_count())
-      yield {**{k: v[rows] for k, v in data.items()}, 'mask': mask}
+      yield {**{k: v[rows] for k, v in data.items()}, 'mask': mask, 'index': rows.astype(np.int32)}

@@ -107,6 +107,7 @@ class Augment:
   image_size: int = 0  # >0: every image becomes a square of this size (see `sized`), for variable-size datasets
   mean: tuple[float, ...] = (0.0,)  # per channel, on the [0, 1] scale
   std: tuple[float, ...] = (1.0,)
+  binarize: bool = False  # each pixel on with probability its intensity (before normalising)
 
 
 _LATEST_ORDER: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
@@ -232,6 +233,22 @@ def random_flip(images: np.ndarray, keys: np.ndarray) -> np.ndarray:
   return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
 
 
+# Mixed into every example key before binarizing, so its pixel draws are not the crop/flip bits.
+BINARIZE_DOMAIN = np.uint64(0xB1A2B3C4D5E6F708)
+BINARIZE_TEST_SEED = 0  # evaluation splits are binarized once, the same in every run
+
+
+def binarize(images: np.ndarray, keys: np.ndarray) -> np.ndarray:
+  """uint8 images -> 0 / 255, each pixel 255 with probability intensity / 255, drawn from (its example's key,
+  its position in the image): the stochastic binarization of MNIST used for VAEs."""
+  pixels = np.arange(np.prod(images.shape[1:]), dtype=np.uint64)
+  with np.errstate(over='ignore'):
+    bits = _splitmix64(_splitmix64(keys ^ BINARIZE_DOMAIN)[:, None] ^ pixels)
+  uniform = (bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+  on = uniform < images.reshape(len(images), -1) / 255.0
+  return np.where(on, 255, 0).astype(np.uint8).reshape(images.shape)
+
+
 def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
   """uint8 -> float32 on [0, 1], then (x - mean) / std per channel."""
   x = images.astype(np.float32) / 255.0
@@ -290,15 +307,21 @@ class GrainSource:
     images = random_crop(self.sized(raw['image'], keys), keys, self.augment.crop_padding)
     if self.augment.flip:
       images = random_flip(images, keys)
+    if self.augment.binarize:
+      images = binarize(images, keys)
     return {'x': normalise(images, self.augment.mean, self.augment.std), 'y': raw['label'].astype(np.int32)}
 
   def eval_batch(self, split: str, index: int) -> Batch:
-    """This host's rows of the `index`-th evaluation batch, padded; 'mask' marks real examples."""
+    """This host's rows of the `index`-th evaluation batch, padded; 'mask' marks real examples and 'index'
+    holds each one's row in the split (a key for per-example randomness that no batching changes)."""
     records = self.splits[split]
     rows, mask = eval_rows(index, self.eval_batch_size, len(records), self.process_index, self.process_count)
     raw = records.read(rows)
-    return {'x': normalise(self.sized(raw['image']), self.augment.mean, self.augment.std),
-            'y': raw['label'].astype(np.int32), 'mask': mask}
+    images = self.sized(raw['image'])
+    if self.augment.binarize:
+      images = binarize(images, example_keys(BINARIZE_TEST_SEED, rows))
+    return {'x': normalise(images, self.augment.mean, self.augment.std), 'y': raw['label'].astype(np.int32),
+            'mask': mask, 'index': rows.astype(np.int32)}
 
   def _threaded(self, dataset) -> Iterator[Batch]:
     import grain

@@ -92,7 +92,7 @@ def load(cfg: ml_collections.ConfigDict, seed: int) -> pipeline.GrainSource:
     records['train'] = pipeline.RowSubset(train, folds.subset(train.read(np.arange(len(train)))['label'],
                                                               cfg.train_fraction))
   augment = pipeline.Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, image_size=cfg.image_size,
-                             mean=tuple(cfg.mean), std=tuple(cfg.std))
+                             mean=tuple(cfg.mean), std=tuple(cfg.std), binarize=cfg.get('binarize', False))
   return pipeline.GrainSource(records, cfg.batch_size, cfg.eval_batch_size, seed, num_classes, augment,
                               num_threads=cfg.num_threads, prefetch=cfg.prefetch,
                               process_index=jax.process_index(), process_count=jax.process_count())
@@ -102,7 +102,7 @@ def data_config(tfds_name: str, **overrides) -> ml_collections.ConfigDict:
   """The `data` block of an image config: every key `load` reads, set for `tfds_name`."""
   block = dict(name='tfds', tfds_name=tfds_name, test_split='test', data_dir='', tfds_data_dir='',
                in_memory=True, validation_size=0, folds=0, fold=0, train_fraction=1.0, batch_size=128, eval_batch_size=1000,
-               crop_padding=0, flip=False, image_size=0, mean=(0.0,), std=(1.0,), num_threads=2, prefetch=4)
+               crop_padding=0, flip=False, binarize=False, image_size=0, mean=(0.0,), std=(1.0,), num_threads=2, prefetch=4)
   unknown = sorted(set(overrides) - set(block))
   if unknown:
     raise KeyError(f'unknown data keys {unknown}')

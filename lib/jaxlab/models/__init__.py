@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import ml_collections
@@ -11,6 +12,7 @@ from jaxlab import imports
 from jaxlab.errors import ConfigError
 from jaxlab.models.cnn import CNN1D
 from jaxlab.models.convnets import CNN, LeNet5
+from jaxlab.models.generative import DCGAN, Autoencoder
 from jaxlab.models.graph import GAT, GCN
 from jaxlab.models.mlp import MLP
 from jaxlab.models.resnet import ResNet
@@ -19,14 +21,15 @@ from jaxlab.models.transformer import BERT, GPT, ViT
 
 MODELS: dict[str, type[nn.Module]] = {'mlp': MLP, 'cnn1d': CNN1D, 'rnn': RNNClassifier, 'lenet5': LeNet5, 'cnn': CNN,
                                       'resnet': ResNet, 'vit': ViT, 'gpt': GPT, 'bert': BERT, 'rnn_lm': RNNLM,
-                                      'gcn': GCN, 'gat': GAT}
+                                      'gcn': GCN, 'gat': GAT, 'autoencoder': Autoencoder, 'dcgan': DCGAN}
 
 
-def create(cfg: ml_collections.ConfigDict, num_classes: int, **data_sizes: int) -> nn.Module:
+def create(cfg: ml_collections.ConfigDict, num_classes: int, **data_sizes: Any) -> nn.Module:
   """The module `cfg.name` (a built-in name or 'package.module:Class') with the block's other keys as attributes.
 
   `num_classes` is passed as the model's `vocab_size` where it has one (language models), else
-  as `num_classes`; `data_sizes` (e.g. a graph's num_features) to the models that have such fields.
+  as `num_classes` where it has that; `data_sizes` (a graph's num_features, an image_shape, what the task
+  fixes) to the models that have such fields.
   A model checks its own attributes in an optional `validate()` that raises ValueError.
   """
   kwargs = dict(cfg)
@@ -36,13 +39,14 @@ def create(cfg: ml_collections.ConfigDict, num_classes: int, **data_sizes: int) 
     raise ConfigError(f'model.name {name!r} is not a flax.linen Module class')
   fields = {f.name for f in dataclasses.fields(cls) if f.init} - {'parent', 'name'}
   size_field = 'vocab_size' if 'vocab_size' in fields else 'num_classes'
-  fields -= {size_field}
   sizes = {k: v for k, v in data_sizes.items() if k in fields}
+  if size_field in fields:
+    sizes[size_field] = num_classes
   fields -= set(sizes)
   unknown = sorted(set(kwargs) - fields)
   if unknown:
     raise ConfigError(f'model {name!r} has no attribute(s) {unknown}; it takes {sorted(fields)}')
-  model = cls(**{size_field: num_classes}, **sizes, **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+  model = cls(**sizes, **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
   try:
     getattr(model, 'validate', lambda: None)()
   except ValueError as e:

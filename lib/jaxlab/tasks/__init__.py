@@ -6,13 +6,16 @@ import re
 from typing import Any, Callable
 
 import ml_collections
+import numpy as np
 
-from jaxlab import attacks, imports, models, optim
+from jaxlab import attacks, frechet, imports, models, optim
 from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
+from jaxlab.tasks.autoencoder import LOSSES, VAE, Autoencoder
 from jaxlab.tasks.base import Task
 from jaxlab.tasks.classification import Classification
 from jaxlab.tasks.distillation import Distillation
+from jaxlab.tasks.gan import GAN, FrechetReference
 from jaxlab.tasks.language_model import LanguageModel, Samples
 from jaxlab.tasks.masked_lm import MaskedLM
 from jaxlab.tasks.node_classification import NodeClassification
@@ -90,10 +93,94 @@ def distillation(config: ml_collections.ConfigDict, source: Any) -> Distillation
   return Distillation(classification(config, source), teacher, variables, d.temperature, d.hard_weight)
 
 
+SHOWN_IMAGES = 32  # test images shown above their reconstructions at each evaluation
+
+
+def _block(config: ml_collections.ConfigDict, name: str, **defaults: Any) -> dict[str, Any]:
+  """The config block `name` over its defaults; a key the task does not read is an error."""
+  given = dict(config[name]) if name in config else {}
+  unknown = sorted(set(given) - set(defaults))
+  config_lib.require(not unknown, f'{name} has no key(s) {unknown}; it takes {sorted(defaults)}')
+  return {**defaults, **given}
+
+
+def _image_shape(config: ml_collections.ConfigDict, source: Any) -> tuple[int, int, int]:
+  shape = tuple(source.example_batch()['x'].shape[1:])
+  config_lib.require(len(shape) == 3, f'task {config.task} needs images (height, width, channels); data '
+                                      f'{config.data.name!r} gives examples of shape {shape}')
+  return shape
+
+
+def _reference_split(source: Any) -> str:
+  return 'test' if 'test' in source.eval_splits else source.eval_splits[0]
+
+
+def _split_pixels(source: Any, split: str, pixels: attacks.PixelSpace) -> np.ndarray:
+  """Every image of `split` (this host's share), as pixels in [0, 1]."""
+  return np.concatenate([np.asarray(pixels.to_pixels(b['x']))[b['mask'] > 0] for b in source.eval_batches(split)])
+
+
+def _autoencoding(config: ml_collections.ConfigDict, source: Any, variational: bool) -> dict[str, Any]:
+  """What an autoencoder and a VAE are built from: model, optimizer, pixel space, the images shown."""
+  model = models.create(config.model, 0, image_shape=_image_shape(config, source), variational=variational)
+  config_lib.require(hasattr(model, 'encode') and hasattr(model, 'decode'),
+                     f'task {config.task} needs a model with encode and decode (model.name autoencoder), not '
+                     f'{config.model.name!r}')
+  tx, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
+  shown = next(iter(source.eval_batches(_reference_split(source))))['x'][:SHOWN_IMAGES]
+  return dict(model=model, tx=tx, pixel_space=attacks.pixel_space(config.data), shown=np.asarray(shown))
+
+
+def _loss_name(loss: str) -> str:
+  config_lib.require(loss in LOSSES, f'unknown reconstruction loss {loss!r}; choose from {", ".join(LOSSES)}')
+  return loss
+
+
+def autoencoder(config: ml_collections.ConfigDict, source: Any) -> Autoencoder:
+  """Reconstruction through a code (config.autoencoder: loss mse|bernoulli, denoise noise std)."""
+  block = _block(config, 'autoencoder', loss='mse', denoise=0.0)
+  config_lib.require(block['denoise'] >= 0, f'autoencoder.denoise must be >= 0, got {block["denoise"]}')
+  return Autoencoder(**_autoencoding(config, source, False), loss=_loss_name(block['loss']), denoise=block['denoise'])
+
+
+def vae(config: ml_collections.ConfigDict, source: Any) -> VAE:
+  """A variational autoencoder (config.vae: loss bernoulli|mse, beta, iwae_samples for the test bound)."""
+  block = _block(config, 'vae', loss='bernoulli', beta=1.0, iwae_samples=0)
+  config_lib.require(block['beta'] >= 0, f'vae.beta must be >= 0, got {block["beta"]}')
+  config_lib.require(block['iwae_samples'] >= 0, f'vae.iwae_samples must be >= 0 (0: none), got {block["iwae_samples"]}')
+  return VAE(**_autoencoding(config, source, True), loss=_loss_name(block['loss']), beta=block['beta'],
+             iwae_samples=block['iwae_samples'])
+
+
+def gan(config: ml_collections.ConfigDict, source: Any) -> GAN:
+  """A GAN (model dcgan): config.optimizer trains the generator, config.discriminator_optimizer the discriminator;
+  config.gan: discriminator_steps per generator step, frechet_run (a classification workdir, '' for none)."""
+  block = _block(config, 'gan', discriminator_steps=1, frechet_run='')
+  steps = block['discriminator_steps']
+  config_lib.require(steps >= 1, f'gan.discriminator_steps must be >= 1, got {steps}')
+  config_lib.require(config.data.batch_size % steps == 0, f'data.batch_size {config.data.batch_size} does not split '
+                                                          f'into gan.discriminator_steps {steps} equal parts')
+  config_lib.require('discriminator_optimizer' in config, 'task gan needs a discriminator_optimizer block (the keys '
+                                                          'of optimizer)')
+  model = models.create(config.model, 0, image_shape=_image_shape(config, source))
+  config_lib.require(hasattr(model, 'generate') and hasattr(model, 'discriminate'),
+                     f'task gan needs a model with generate and discriminate (model.name dcgan), not '
+                     f'{config.model.name!r}')
+  generator_tx, _ = optim.make_optimizer(config.optimizer, config.train.num_steps)
+  discriminator_tx, _ = optim.make_optimizer(config.discriminator_optimizer, config.train.num_steps)
+  pixels, reference = attacks.pixel_space(config.data), None
+  if block['frechet_run']:
+    split = _reference_split(source)
+    reference = FrechetReference(frechet.load(block['frechet_run']), lambda: _split_pixels(source, 'train', pixels),
+                                 lambda: _split_pixels(source, split, pixels))
+  return GAN(model, generator_tx, discriminator_tx, pixels, steps, reference)
+
+
 # name -> make(config, source) -> Task. A task of one's own is any such function, named by import path.
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, Any], Task]] = {
     'classification': classification, 'language_model': language_model, 'masked_lm': masked_lm,
-    'node_classification': node_classification, 'distillation': distillation}
+    'node_classification': node_classification, 'distillation': distillation, 'autoencoder': autoencoder,
+    'vae': vae, 'gan': gan}
 
 
 def make(config: ml_collections.ConfigDict, source: Any) -> Task:
