@@ -8,14 +8,17 @@ shardings:
 * `train_step(state, batch) -> (state, metrics)`: one update; metrics are scalar batch means
   and must include 'loss' (the NaN guard reads it).
 * `eval_step(state, batch) -> sums`: metric sums over the batch's real examples (batch['mask'])
-  plus 'count'; the loop reports sum / count for every other key.
+  plus 'count'; the loop reports sum / count for every other key. Image and array sources also give
+  batch['index'], each example's row in the split: a key for evaluation noise that no batching changes.
 
 Optional, used by the loop for any task that has them:
 * `summarize(sums) -> metrics`: evaluation sums to reported metrics (default metrics.summarize);
   e.g. perplexity = exp(mean loss), which no sum / count gives.
 * `items_per_step`: {unit: count} processed per step; the logs get `<unit>_per_sec` (tokens/s).
 * `showcase(state) -> {name: text or HWC uint8 image}`: written to <workdir>/samples/ and
-  TensorBoard at each evaluation (generated text; later, generated images).
+  TensorBoard at each evaluation (generated text, reconstructions, samples).
+* `sample_images(state, key, num) -> NHWC pixels in [0, 1]`: what `launch.py sample` draws for a
+  generative run (`generate(params, ...)` for a language model).
 * `param_axes(batch) -> tree of logical PartitionSpecs` over `params`: how the parameters may be
   sharded (jaxlab.sharding); without it every parameter is replicated.
 * `gradients(state, batch) -> (grads, metrics, model_state)` and
@@ -24,8 +27,9 @@ Optional, used by the loop for any task that has them:
 * `flops_per_step(params) -> float`: model FLOPs of one training step; the logs get TFLOP/s and MFU.
 
 How other families fit the same loop:
-* GAN: `params` and `opt_state` are dicts {'generator': ..., 'discriminator': ...}; the task
-  holds two optax transformations and `train_step` updates both.
+* GAN (tasks/gan.py): one model holds both networks, so `params`, `opt_state` and the BatchNorm
+  statistics are dicts {'generator': ..., 'discriminator': ...}; the task holds two optax
+  transformations and `train_step` updates both, each with its own.
 * RL: the data source yields empty batches; `train_step` runs the environment rollout and the
   update inside the one jitted function (the environment is pure JAX).
 * Graphs (tasks/node_classification.py): a `full_batch` source yields the whole graph every step;
