@@ -543,7 +543,7 @@ def format_summary(summary: dict[str, Any]) -> str:
   if summary['preempted']:
     return f'{head} | stopped by {summary.get("stop_signal")}; run the same command to resume | workdir {summary["workdir"]}'
   metrics = {k: v for k, v in summary.items() if k.split('_')[0] in ('test', 'validation')
-             and k.endswith(('accuracy', 'loss', 'macro_f1', 'perplexity', 'bits_per_char', 'nll', 'frechet', 'frechet_floor')) and isinstance(v, float)}
+             and k.endswith(('accuracy', 'loss', 'macro_f1', 'perplexity', 'bits_per_char', 'nll', 'frechet', 'frechet_floor', 'return')) and isinstance(v, float)}
   ordered = sorted(metrics, key=lambda k: (not k.startswith('test'), k))
   parts = [f'{k} {metrics[k]:.2%}' if k.endswith('accuracy') else f'{k} {metrics[k]:.4f}' for k in ordered]
   return ' | '.join([head, *parts, f'workdir {summary["workdir"]}'])

@@ -39,8 +39,8 @@ class Source(Protocol):
 
 
 def make_source(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None = None) -> Source:
-  """The source named by `cfg.name`: 'mnist1d', 'tfds' (image datasets), 'standin' (test images), 'text' or
-  'planetoid' (a citation graph).
+  """The source named by `cfg.name`: 'mnist1d', 'tfds' (image datasets), 'standin' (test images), 'text',
+  'planetoid' (a citation graph) or 'episodes' (reinforcement learning: the environment is in the task).
 
   `workdir`: where a source keeps what resuming and sampling must reuse (the text vocabulary).
   """
@@ -57,4 +57,7 @@ def make_source(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None =
   if cfg.name == 'planetoid':
     from jaxlab.data import planetoid
     return planetoid.load(cfg)
-  raise ConfigError(f'unknown data.name {cfg.name!r}; choose from mnist1d, planetoid, standin, tfds, text')
+  if cfg.name == 'episodes':
+    from jaxlab.data import episodes
+    return episodes.EpisodeSource(cfg.eval_episodes, seed)
+  raise ConfigError(f'unknown data.name {cfg.name!r}; choose from episodes, mnist1d, planetoid, standin, tfds, text')

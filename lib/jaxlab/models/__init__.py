@@ -15,13 +15,15 @@ from jaxlab.models.convnets import CNN, LeNet5
 from jaxlab.models.generative import DCGAN, Autoencoder
 from jaxlab.models.graph import GAT, GCN
 from jaxlab.models.mlp import MLP
+from jaxlab.models.policies import ActorCritic, QNetwork
 from jaxlab.models.resnet import ResNet
 from jaxlab.models.rnn import RNNLM, RNNClassifier
 from jaxlab.models.transformer import BERT, GPT, ViT
 
 MODELS: dict[str, type[nn.Module]] = {'mlp': MLP, 'cnn1d': CNN1D, 'rnn': RNNClassifier, 'lenet5': LeNet5, 'cnn': CNN,
                                       'resnet': ResNet, 'vit': ViT, 'gpt': GPT, 'bert': BERT, 'rnn_lm': RNNLM,
-                                      'gcn': GCN, 'gat': GAT, 'autoencoder': Autoencoder, 'dcgan': DCGAN}
+                                      'gcn': GCN, 'gat': GAT, 'autoencoder': Autoencoder, 'dcgan': DCGAN,
+                                      'actor_critic': ActorCritic, 'q_network': QNetwork}
 
 
 def create(cfg: ml_collections.ConfigDict, num_classes: int, **data_sizes: Any) -> nn.Module:

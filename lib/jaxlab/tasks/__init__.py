@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ from jaxlab.tasks.gan import GAN, FrechetReference
 from jaxlab.tasks.language_model import LanguageModel, Samples
 from jaxlab.tasks.masked_lm import MaskedLM
 from jaxlab.tasks.node_classification import NodeClassification
+from jaxlab.tasks.ppo import PPO, PPOSettings
 
 
 def _penalty_paths(config: ml_collections.ConfigDict) -> str:
@@ -176,11 +178,28 @@ def gan(config: ml_collections.ConfigDict, source: Any) -> GAN:
   return GAN(model, generator_tx, discriminator_tx, pixels, steps, reference)
 
 
+def ppo(config: ml_collections.ConfigDict, source: Any) -> PPO:
+  """PPO on the gymnax environment `env.name` (data.name episodes); config.ppo holds PPOSettings' keys."""
+  from jaxlab.environments import Environments
+  settings = PPOSettings(**_block(config, 'ppo', **dataclasses.asdict(PPOSettings())))
+  for key in ('num_envs', 'num_steps', 'epochs', 'minibatches'):
+    config_lib.require(getattr(settings, key) >= 1, f'ppo.{key} must be >= 1, got {getattr(settings, key)}')
+  transitions = settings.num_envs * settings.num_steps
+  config_lib.require(transitions % settings.minibatches == 0, f'ppo.num_envs x ppo.num_steps = {transitions} '
+                                                               f'transitions do not split into {settings.minibatches} minibatches')
+  config_lib.require('env' in config, 'task ppo needs an env block (env.name, a gymnax environment)')
+  envs = Environments(config.env.name, settings.num_envs)
+  model = models.create(config.model, 0, num_actions=envs.num_actions)
+  updates = config.train.num_steps * settings.epochs * settings.minibatches  # the learning rate anneals over these
+  tx, _ = optim.make_optimizer(config.optimizer, updates)
+  return PPO(model, tx, envs, settings)
+
+
 # name -> make(config, source) -> Task. A task of one's own is any such function, named by import path.
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, Any], Task]] = {
     'classification': classification, 'language_model': language_model, 'masked_lm': masked_lm,
     'node_classification': node_classification, 'distillation': distillation, 'autoencoder': autoencoder,
-    'vae': vae, 'gan': gan}
+    'vae': vae, 'gan': gan, 'ppo': ppo}
 
 
 def make(config: ml_collections.ConfigDict, source: Any) -> Task:

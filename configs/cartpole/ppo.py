@@ -1,0 +1,28 @@
+"""PPO on gymnax CartPole-v1 with CleanRL's and PureJaxRL's hyperparameters: 4 environments x 128 steps per
+update, 4 epochs of 4 minibatches, gamma 0.99, GAE lambda 0.95, clip 0.2, entropy 0.01, value 0.5, gradient
+norm 0.5, Adam 2.5e-4 (eps 1e-5) annealed linearly to 0, 500,000 environment steps (976 loop steps).
+Evaluation: 10 greedy episodes from fixed starts at the end. `ppo.py:acrobot` is the same on Acrobot-v1.
+"""
+
+from jaxlab import config as config_lib
+from jaxlab.data.episodes import data_config
+
+ENVS = {'cartpole': 'CartPole-v1', 'acrobot': 'Acrobot-v1'}
+TOTAL_ENV_STEPS = 500_000
+
+
+def get_config(arg='cartpole'):
+  if arg not in ENVS:
+    raise ValueError(f"ppo.py takes one of {', '.join(ENVS)}, got {arg!r}")
+  config = config_lib.defaults()
+  config.task = 'ppo'
+  config.env = dict(name=ENVS[arg])
+  config.data = data_config(eval_episodes=10)
+  config.model = dict(name='actor_critic', hidden=(64, 64), activation='tanh')
+  config.ppo = dict(num_envs=4, num_steps=128, epochs=4, minibatches=4, gamma=0.99, gae_lambda=0.95, clip=0.2,
+                    entropy_coef=0.01, value_coef=0.5)
+  config.optimizer.update(dict(name='adam', learning_rate=2.5e-4, eps=1e-5, schedule='linear', final_lr_fraction=0.0,
+                               grad_clip_norm=0.5))
+  num_steps = TOTAL_ENV_STEPS // (4 * 128)
+  config.train.update(dict(num_steps=num_steps, log_every=100, eval_every=num_steps, checkpoint_every=500))
+  return config
