@@ -13,17 +13,26 @@ import pytest
 from conftest import ROOT
 from jaxlab import config as config_lib
 from jaxlab import train
+from jaxlab.data.episodes import EpisodeSource
+from jaxlab.environments import Transition
+from jaxlab.tasks.dqn import DQNSettings, ReplayBuffer, epsilon
 from jaxlab.tasks.ppo import clipped_surrogate, gae
 
 pytest.importorskip('gymnax')
 
 
-def tiny_config(**overrides):
-  """configs/cartpole/ppo.py, 2 environments x 8 steps, 12 loop steps."""
-  config = config_lib.load(os.path.join(ROOT, 'configs', 'cartpole', 'ppo.py'))
-  settings = {'ppo.num_envs': 2, 'ppo.num_steps': 8, 'ppo.epochs': 2, 'ppo.minibatches': 2, 'model.hidden': (8,),
-              'data.eval_episodes': 2, 'train.num_steps': 12, 'train.log_every': 4, 'train.eval_every': 6,
-              'train.checkpoint_every': 6, **overrides}
+TINY = {
+    'ppo': {'ppo.num_envs': 2, 'ppo.num_steps': 8, 'ppo.epochs': 2, 'ppo.minibatches': 2},
+    'dqn': {'dqn.num_envs': 2, 'dqn.buffer_size': 50, 'dqn.batch_size': 8, 'dqn.learning_starts': 20,
+            'dqn.train_every': 2, 'dqn.target_every': 6, 'dqn.updates_per_step': 3},
+}
+
+
+def tiny_config(algorithm='ppo', **overrides):
+  """configs/cartpole/<algorithm>.py, 2 environments, a few transitions per step, 12 loop steps."""
+  config = config_lib.load(os.path.join(ROOT, 'configs', 'cartpole', f'{algorithm}.py'))
+  settings = {**TINY[algorithm], 'model.hidden': (8,), 'data.eval_episodes': 2, 'train.num_steps': 12,
+              'train.log_every': 4, 'train.eval_every': 6, 'train.checkpoint_every': 6, **overrides}
   for key, value in settings.items():
     config_lib.set_value(config, key, value)
   return config
@@ -52,8 +61,9 @@ def test_clipped_surrogate_by_hand():
   assert float(clipped_surrogate(ratio, advantages, 0.2)) == pytest.approx(-(0.5 + 2 + 1.2 - 1.5 - 0.8) / 5)
 
 
-def test_ppo_resumes_bitwise_after_sigterm_environments_included(tmp_path):
-  config = tiny_config()
+@pytest.mark.parametrize('algorithm', ['ppo', 'dqn'])
+def test_training_resumes_bitwise_after_sigterm_environments_and_buffer_included(algorithm, tmp_path):
+  config = tiny_config(algorithm)
   whole = train.train(config, str(tmp_path / 'whole'))
 
   def sigterm_at_5(step, state):
@@ -64,7 +74,7 @@ def test_ppo_resumes_bitwise_after_sigterm_environments_included(tmp_path):
   resumed = train.train(config, str(tmp_path / 'resumed'))
   assert 0 < resumed['steps_trained'] < 12 and resumed['test_return'] == whole['test_return']
   a, b = (jax.device_get(train.restore_checkpoint(config, str(tmp_path / w))[2]) for w in ('whole', 'resumed'))
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):  # params, Adam, environments, keys
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):  # params, Adam, environments, buffer, keys
     np.testing.assert_array_equal(x, y)
 
 
@@ -101,3 +111,44 @@ def test_ppo_with_replicas_is_the_same_on_one_and_on_eight_devices(tmp_path):
   for a, b in zip(*results, strict=True):
     assert a.shape[0] == 2  # the replica axis
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _transitions(first: int, n: int) -> Transition:
+  values = jnp.arange(first, first + n, dtype=jnp.float32)
+  return Transition(values[:, None], values.astype(jnp.int32), values, values > 100, values > 100, values[:, None] + 0.5)
+
+
+def test_replay_buffer_wraps_around_and_samples_only_filled_slots():
+  buffer = ReplayBuffer.empty(5, (1,), jnp.float32).add(_transitions(0, 3))
+  assert int(buffer.size) == 3 and int(buffer.position) == 3
+  drawn = np.asarray(buffer.sample(jax.random.key(0), 1000)['action'])
+  assert set(np.unique(drawn)) == {0, 1, 2}  # never an empty slot (they hold 0 too, so reward tells them apart)
+  buffer = buffer.add(_transitions(3, 4))  # 7 transitions into 5 slots: 5 and 6 overwrite slots 0 and 1
+  assert int(buffer.size) == 5 and int(buffer.position) == 2
+  np.testing.assert_array_equal(buffer.action, [5, 6, 2, 3, 4])
+  np.testing.assert_array_equal(buffer.next_obs[:, 0], [5.5, 6.5, 2.5, 3.5, 4.5])
+  assert set(np.unique(np.asarray(buffer.sample(jax.random.key(1), 1000)['reward']))) == {2.0, 3.0, 4.0, 5.0, 6.0}
+
+
+def test_epsilon_falls_linearly_over_the_exploration_fraction():
+  settings = DQNSettings(start_epsilon=1.0, end_epsilon=0.1, exploration_fraction=0.5)
+  values = [float(epsilon(jnp.asarray(t), settings, 1000)) for t in (0, 250, 500, 900)]
+  np.testing.assert_allclose(values, [1.0, 0.55, 0.1, 0.1], rtol=1e-6)
+
+
+def test_the_dqn_target_network_is_copied_exactly_every_target_every_environment_steps():
+  from jaxlab import tasks
+  config = tiny_config('dqn', **{'dqn.learning_starts': 0, 'dqn.updates_per_step': 1})
+  task = tasks.make(config, EpisodeSource(1))
+  state, step = task.init(jax.random.key(0), {}), jax.jit(task.train_step)
+  leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
+  copies = []
+  for _ in range(10):  # 2 environments x 2 steps = 4 environment steps per loop step
+    old_target = leaves(state.model_state['target'])
+    state, _ = step(state, {})
+    target = leaves(state.model_state['target'])
+    if any(np.any(a != b) for a, b in zip(old_target, target)):
+      assert all(np.array_equal(a, b) for a, b in zip(target, leaves(state.params)))  # a copy of the online network
+      copies.append(int(state.model_state['env_steps']))
+  # target_every 6: the first check at or past 6, 12, 18, ... environment steps, checks every 4
+  assert copies == [8, 12, 20, 24, 32, 36]

@@ -108,3 +108,10 @@ class Environments:
       return total
 
     return jax.vmap(one)(index)
+
+
+def evaluation_sums(envs: Environments, act: Callable[[jax.Array], jax.Array], batch: dict[str, jax.Array]) -> dict:
+  """An RL task's eval_step: the summed return of the batch's evaluation episodes, played by `act`."""
+  returns = envs.episode_returns(act, batch['index'])
+  real = batch['mask'] > 0
+  return {'return': jnp.sum(jnp.where(real, returns, 0.0)), 'count': jnp.sum(real, dtype=jnp.int32)}

@@ -1,5 +1,6 @@
-"""Networks of reinforcement learning agents: an actor-critic for PPO, a Q-network for DQN (MLPs over the
-flattened observation, orthogonal initialisation as CleanRL and PureJaxRL use it)."""
+"""Networks of reinforcement learning agents, MLPs over the flattened observation: an actor-critic for PPO
+(orthogonal initialisation, as CleanRL's and PureJaxRL's PPO), a Q-network for DQN (Flax's default
+initialisation, as CleanRL's JAX DQN)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ def _dense(features: int, scale: float) -> nn.Dense:
 class _Torso(nn.Module):
   hidden: Sequence[int]
   activation: str
+  orthogonal: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.reshape(x.shape[0], -1).astype(jnp.float32)
     for width in self.hidden:
-      x = ACTIVATIONS[self.activation](_dense(width, np.sqrt(2))(x))
+      layer = _dense(width, np.sqrt(2)) if self.orthogonal else nn.Dense(width)
+      x = ACTIVATIONS[self.activation](layer(x))
     return x
 
 
@@ -62,4 +65,4 @@ class QNetwork(nn.Module):
 
   @nn.compact
   def __call__(self, obs: jax.Array, train: bool = False) -> jax.Array:
-    return _dense(self.num_actions, 1.0)(_Torso(self.hidden, self.activation)(obs))
+    return nn.Dense(self.num_actions)(_Torso(self.hidden, self.activation, orthogonal=False)(obs))

@@ -16,6 +16,7 @@ from jaxlab.tasks.autoencoder import LOSSES, VAE, Autoencoder
 from jaxlab.tasks.base import Task
 from jaxlab.tasks.classification import Classification
 from jaxlab.tasks.distillation import Distillation
+from jaxlab.tasks.dqn import DQN, DQNSettings
 from jaxlab.tasks.gan import GAN, FrechetReference
 from jaxlab.tasks.language_model import LanguageModel, Samples
 from jaxlab.tasks.masked_lm import MaskedLM
@@ -178,28 +179,53 @@ def gan(config: ml_collections.ConfigDict, source: Any) -> GAN:
   return GAN(model, generator_tx, discriminator_tx, pixels, steps, reference)
 
 
+def _settings(config: ml_collections.ConfigDict, name: str, cls: type, counts: tuple[str, ...]) -> Any:
+  """The dataclass `cls` from config block `name`; each key of `counts` must be >= 1."""
+  settings = cls(**_block(config, name, **dataclasses.asdict(cls())))
+  for key in counts:
+    config_lib.require(getattr(settings, key) >= 1, f'{name}.{key} must be >= 1, got {getattr(settings, key)}')
+  return settings
+
+
+def _environments(config: ml_collections.ConfigDict, num_envs: int) -> Any:
+  from jaxlab.environments import Environments
+  config_lib.require('env' in config, f'task {config.task} needs an env block (env.name, a gymnax environment)')
+  return Environments(config.env.name, num_envs)
+
+
 def ppo(config: ml_collections.ConfigDict, source: Any) -> PPO:
   """PPO on the gymnax environment `env.name` (data.name episodes); config.ppo holds PPOSettings' keys."""
-  from jaxlab.environments import Environments
-  settings = PPOSettings(**_block(config, 'ppo', **dataclasses.asdict(PPOSettings())))
-  for key in ('num_envs', 'num_steps', 'epochs', 'minibatches'):
-    config_lib.require(getattr(settings, key) >= 1, f'ppo.{key} must be >= 1, got {getattr(settings, key)}')
+  settings = _settings(config, 'ppo', PPOSettings, ('num_envs', 'num_steps', 'epochs', 'minibatches'))
   transitions = settings.num_envs * settings.num_steps
   config_lib.require(transitions % settings.minibatches == 0, f'ppo.num_envs x ppo.num_steps = {transitions} '
                                                                f'transitions do not split into {settings.minibatches} minibatches')
-  config_lib.require('env' in config, 'task ppo needs an env block (env.name, a gymnax environment)')
-  envs = Environments(config.env.name, settings.num_envs)
+  envs = _environments(config, settings.num_envs)
   model = models.create(config.model, 0, num_actions=envs.num_actions)
   updates = config.train.num_steps * settings.epochs * settings.minibatches  # the learning rate anneals over these
   tx, _ = optim.make_optimizer(config.optimizer, updates)
   return PPO(model, tx, envs, settings)
 
 
+def dqn(config: ml_collections.ConfigDict, source: Any) -> DQN:
+  """DQN on the gymnax environment `env.name` (data.name episodes); config.dqn holds DQNSettings' keys."""
+  settings = _settings(config, 'dqn', DQNSettings, ('num_envs', 'buffer_size', 'batch_size', 'train_every',
+                                                    'target_every', 'updates_per_step'))
+  config_lib.require(0 <= settings.exploration_fraction <= 1,
+                     f'dqn.exploration_fraction must be in [0, 1], got {settings.exploration_fraction}')
+  config_lib.require(settings.loss in ('mse', 'huber'), f"dqn.loss must be 'mse' or 'huber', got {settings.loss!r}")
+  envs = _environments(config, settings.num_envs)
+  model = models.create(config.model, 0, num_actions=envs.num_actions)
+  updates = config.train.num_steps * settings.updates_per_step
+  tx, _ = optim.make_optimizer(config.optimizer, updates)
+  total = config.train.num_steps * settings.updates_per_step * settings.train_every * settings.num_envs
+  return DQN(model, tx, envs, total, settings)
+
+
 # name -> make(config, source) -> Task. A task of one's own is any such function, named by import path.
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, Any], Task]] = {
     'classification': classification, 'language_model': language_model, 'masked_lm': masked_lm,
     'node_classification': node_classification, 'distillation': distillation, 'autoencoder': autoencoder,
-    'vae': vae, 'gan': gan, 'ppo': ppo}
+    'vae': vae, 'gan': gan, 'ppo': ppo, 'dqn': dqn}
 
 
 def make(config: ml_collections.ConfigDict, source: Any) -> Task:

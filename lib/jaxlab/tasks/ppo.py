@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.environments import Environments
+from jaxlab.environments import Environments, evaluation_sums
 from jaxlab.state import TrainState
 from jaxlab.tasks.base import Batch, Metrics
 
@@ -151,6 +151,4 @@ class PPO:
     return jnp.argmax(self.model.apply({'params': params}, obs)[0], -1)
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
-    returns = self.envs.episode_returns(lambda obs: self.act(state.params, obs), batch['index'])
-    real = batch['mask'] > 0
-    return {'return': jnp.sum(jnp.where(real, returns, 0.0)), 'count': jnp.sum(real, dtype=jnp.int32)}
+    return evaluation_sums(self.envs, lambda obs: self.act(state.params, obs), batch)
