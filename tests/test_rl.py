@@ -29,8 +29,8 @@ TINY = {
 
 
 def tiny_config(algorithm='ppo', **overrides):
-  """configs/cartpole/<algorithm>.py, 2 environments, a few transitions per step, 12 loop steps."""
-  config = config_lib.load(os.path.join(ROOT, 'configs', 'cartpole', f'{algorithm}.py'))
+  """configs/gymnax/<algorithm>.py, 2 environments, a few transitions per step, 12 loop steps."""
+  config = config_lib.load(os.path.join(ROOT, 'configs', 'gymnax', f'{algorithm}.py'))
   settings = {**TINY[algorithm], 'model.hidden': (8,), 'data.eval_episodes': 2, 'train.num_steps': 12,
               'train.log_every': 4, 'train.eval_every': 6, 'train.checkpoint_every': 6, **overrides}
   for key, value in settings.items():
