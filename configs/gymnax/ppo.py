@@ -2,13 +2,14 @@
 update, 4 epochs of 4 minibatches, gamma 0.99, GAE lambda 0.95, clip 0.2, entropy 0.01, value 0.5, gradient
 norm 0.5, Adam 2.5e-4 (eps 1e-5) annealed linearly to 0, 500,000 environment steps (976 loop steps).
 Evaluation: 10 greedy episodes from fixed starts at the end. `ppo.py:acrobot` is the same on Acrobot-v1.
+`ppo.py:space_invaders`: SpaceInvaders-MinAtar with PureJaxRL's MinAtar settings (examples/brax_minatar.ipynb):
+64 environments x 128 steps, 8 minibatches, Adam 5e-3 annealed, ReLU, 10,000,000 environment steps.
 """
 
 from jaxlab import config as config_lib
 from jaxlab.data.episodes import data_config
 
-ENVS = {'cartpole': 'CartPole-v1', 'acrobot': 'Acrobot-v1'}
-TOTAL_ENV_STEPS = 500_000
+ENVS = {'cartpole': 'CartPole-v1', 'acrobot': 'Acrobot-v1', 'space_invaders': 'SpaceInvaders-MinAtar'}
 
 
 def get_config(arg='cartpole'):
@@ -18,11 +19,14 @@ def get_config(arg='cartpole'):
   config.task = 'ppo'
   config.env = dict(name=ENVS[arg])
   config.data = data_config(eval_episodes=10)
-  config.model = dict(name='actor_critic', hidden=(64, 64), activation='tanh')
-  config.ppo = dict(num_envs=4, num_steps=128, epochs=4, minibatches=4, gamma=0.99, gae_lambda=0.95, clip=0.2,
-                    entropy_coef=0.01, value_coef=0.5)
-  config.optimizer.update(dict(name='adam', learning_rate=2.5e-4, eps=1e-5, schedule='linear', final_lr_fraction=0.0,
-                               grad_clip_norm=0.5))
-  num_steps = TOTAL_ENV_STEPS // (4 * 128)
-  config.train.update(dict(num_steps=num_steps, log_every=100, eval_every=num_steps, checkpoint_every=500))
+  minatar = arg == 'space_invaders'
+  num_envs, minibatches, total = (64, 8, 10_000_000) if minatar else (4, 4, 500_000)
+  config.model = dict(name='actor_critic', hidden=(64, 64), activation='relu' if minatar else 'tanh')
+  config.ppo = dict(num_envs=num_envs, num_steps=128, epochs=4, minibatches=minibatches, gamma=0.99, gae_lambda=0.95,
+                    clip=0.2, entropy_coef=0.01, value_coef=0.5)
+  config.optimizer.update(dict(name='adam', learning_rate=5e-3 if minatar else 2.5e-4, eps=1e-5, schedule='linear',
+                               final_lr_fraction=0.0, grad_clip_norm=0.5))
+  num_steps = total // (num_envs * 128)
+  config.train.update(dict(num_steps=num_steps, log_every=100 if not minatar else 20, eval_every=num_steps,
+                           checkpoint_every=500 if not minatar else 100))
   return config
