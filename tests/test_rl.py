@@ -152,3 +152,19 @@ def test_the_dqn_target_network_is_copied_exactly_every_target_every_environment
       copies.append(int(state.model_state['env_steps']))
   # target_every 6: the first check at or past 6, 12, 18, ... environment steps, checks every 4
   assert copies == [8, 12, 20, 24, 32, 36]
+
+
+def test_curves_read_each_step_once_with_one_column_per_replica_and_plot_them(tmp_path):
+  from jaxlab import curves
+  lines = ['{"step": 10, "split": "train", "episode_return": 2.0, "episode_return_replicas": [1.0, 3.0]}',
+           '{"step": 10, "split": "test", "return": 9.0}',
+           '{"step": 20, "split": "train", "episode_return": 5.0, "episode_return_replicas": [4.0, 6.0]}',
+           'not json, a line cut short by a crash',
+           '{"step": 20, "split": "train", "episode_return": 7.0, "episode_return_replicas": [6.0, 8.0]}']
+  (tmp_path / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+  steps, values = curves.read(str(tmp_path), 'episode_return')
+  np.testing.assert_array_equal(steps, [10, 20])
+  np.testing.assert_array_equal(values, [[1.0, 3.0], [6.0, 8.0]])  # a step logged twice (a resume): the last
+  assert curves.write(str(tmp_path), 'episode_return') == str(tmp_path / 'episode_return.png')
+  assert (tmp_path / 'episode_return.png').stat().st_size > 1000
+  assert curves.write(str(tmp_path), 'nothing_logged') is None

@@ -131,3 +131,7 @@ class ReplicatedTask:
   def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The base task's rule; it works elementwise, so the replica axis is kept."""
     return getattr(self.base, 'summarize', metrics.summarize)(sums)
+
+  @property
+  def curve_metrics(self) -> tuple[str, ...]:
+    return getattr(self.base, 'curve_metrics', ())

@@ -17,7 +17,7 @@ import numpy as np
 from etils import epath
 
 from jaxlab import accumulate, checkpoint, data, early_stopping, flops, metrics, optim, parallel, replicas, sharding
-from jaxlab import init_from_run, pruning, stop, tasks, trackers
+from jaxlab import curves, init_from_run, pruning, stop, tasks, trackers
 from jaxlab import config as config_lib
 from jaxlab.errors import JaxlabError, NonFiniteLossError
 from jaxlab.logging import MetricWriter, Progress, format_metrics
@@ -532,6 +532,8 @@ class _Run:
       files = [str(summary_path)]
       for split, sums in (self.eval_sums.items() if results else ()):
         files += metrics.save(self.workdir, split, sums, report_step, self.program.summarize)  # JSON; confusion PNG
+      files += [f for f in map(functools.partial(curves.write, self.workdir),
+                               getattr(self.program.task, 'curve_metrics', ())) if f]
       self.trackers.finish(summary, files)
     return summary
 

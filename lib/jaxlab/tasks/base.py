@@ -24,6 +24,8 @@ Optional, used by the loop for any task that has them:
 * `gradients(state, batch) -> (grads, metrics, model_state)` and
   `apply_gradients(state, grads, model_state) -> state`: the two halves of `train_step`
   (`OneModel.train_step` joins them); with them `train.grad_accum_steps` works (jaxlab.accumulate).
+* `curve_metrics`: training metrics drawn against steps at the end of a run, <workdir>/<metric>.png, the
+  mean over replicas and the band from the lowest to the highest (jaxlab.curves).
 * `flops_per_step(params) -> float`: model FLOPs of one training step; the logs get TFLOP/s and MFU.
 
 How other families fit the same loop:

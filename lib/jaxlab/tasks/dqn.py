@@ -11,7 +11,7 @@ from the observation a step ended on unless the episode terminated (a truncation
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax
 import flax.linen as nn
@@ -91,6 +91,7 @@ class DQN:
   envs: Environments
   total_env_steps: int
   settings: DQNSettings = DQNSettings()
+  curve_metrics: ClassVar[tuple[str, ...]] = ('episode_return',)  # plotted at the end (jaxlab.curves)
 
   @property
   def env_steps_per_step(self) -> int:

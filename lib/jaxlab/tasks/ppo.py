@@ -12,7 +12,7 @@ fixed starts and reports their mean return.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -68,6 +68,7 @@ class PPO:
   tx: optax.GradientTransformation
   envs: Environments
   settings: PPOSettings = PPOSettings()
+  curve_metrics: ClassVar[tuple[str, ...]] = ('episode_return',)  # plotted at the end (jaxlab.curves)
 
   @property
   def items_per_step(self) -> dict[str, int]:
