@@ -19,7 +19,7 @@ def read(workdir: str, metric: str, split: str = 'train') -> tuple[np.ndarray, n
     if record and record['split'] == split and metric in record:
       rows[record['step']] = record.get(f'{metric}_replicas', [record[metric]])
   steps = sorted(rows)
-  return np.asarray(steps), np.asarray([rows[s] for s in steps], np.float64).reshape(len(steps), -1)
+  return np.asarray(steps, np.int64), np.asarray([rows[s] for s in steps], np.float64).reshape(len(steps), -1 if steps else 0)
 
 
 def write(workdir: str, metric: str) -> str | None:
