@@ -77,3 +77,33 @@ def compilation_cache(tmp_path_factory):
 @pytest.fixture
 def python():
   return sys.executable
+
+
+TRAIN_ON_DEVICES = '''
+import json, sys, jax, numpy as np
+sys.path.insert(0, {tests!r})
+{setup}
+from jaxlab import train
+assert jax.device_count() == {devices}, jax.devices()
+last = config.train.num_steps
+summary = train.train(config, {workdir!r}, hooks=[lambda step, state: step == last and np.savez(
+    {out!r}, *[np.asarray(x) for x in jax.tree.leaves(state.params)])])
+print('SUMMARY', json.dumps(summary))
+'''
+
+
+def train_on_devices(tmp_path, devices: int, setup: str) -> tuple[list, dict]:
+  """Trains the `config` that the code `setup` defines (it may import from tests/) in a fresh process with
+  `devices` simulated CPU devices: (its parameters at the last step as numpy arrays, its summary)."""
+  import json
+  import numpy as np
+  out, workdir = str(tmp_path / f'{devices}.npz'), str(tmp_path / f'run-{devices}')
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAX_PLATFORMS': 'cpu'}
+  code = TRAIN_ON_DEVICES.format(tests=os.path.join(ROOT, 'tests'), setup=setup, devices=devices, workdir=workdir,
+                                 out=out)
+  proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"mesh {{'data': {devices}, 'fsdp': 1, 'tensor': 1}}" in proc.stdout
+  with np.load(out) as f:
+    leaves = [f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))]
+  return leaves, json.loads(proc.stdout.split('SUMMARY')[1].strip().splitlines()[0])

@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 import scipy.special
 
-from conftest import ROOT, launch
+from conftest import ROOT, launch, train_on_devices
 from jaxlab import config as config_lib
 from jaxlab import frechet, images, tasks, train
 from jaxlab.data import pipeline, vision
@@ -247,34 +247,10 @@ def test_gan_evaluation_reports_the_frechet_distance_and_its_floor(tmp_path):
   assert summary['test_frechet'] == record['frechet'] > summary['test_frechet_floor'] > 0
 
 
-TRAIN_AND_DUMP = '''
-import sys, jax, numpy as np
-sys.path.insert(0, {tests!r})
-from test_generative import tiny_config
-from jaxlab import train
-assert jax.device_count() == {devices}, jax.devices()
-summary = train.train(tiny_config('vae'), {workdir!r}, hooks=[lambda step, state: step == 12 and np.savez(
-    {out!r}, *[np.asarray(x) for x in jax.tree.leaves(state.params)])])
-print('METRIC', summary['test_loss'])
-'''
-
 
 def test_a_vae_trains_alike_on_one_and_on_eight_devices(tmp_path):
-  import subprocess
-  import sys
-  results = []
-  for devices in (1, 8):
-    out = str(tmp_path / f'{devices}.npz')
-    env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAX_PLATFORMS': 'cpu'}
-    code = TRAIN_AND_DUMP.format(tests=os.path.join(ROOT, 'tests'), devices=devices, workdir=str(tmp_path / str(devices)),
-                                 out=out)
-    proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"mesh {{'data': {devices}, 'fsdp': 1, 'tensor': 1}}" in proc.stdout
-    with np.load(out) as f:
-      results.append(([f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))],
-                      float(proc.stdout.split('METRIC')[1].split()[0])))
-  (one, loss_one), (eight, loss_eight) = results
+  setup = "from test_generative import tiny_config\nconfig = tiny_config('vae')"
+  (one, summary_one), (eight, summary_eight) = (train_on_devices(tmp_path, d, setup) for d in (1, 8))
   for a, b in zip(one, eight, strict=True):  # 12 steps; float sums in another order drift further over longer runs
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  assert loss_one == pytest.approx(loss_eight, rel=1e-5)
+  assert summary_one['test_loss'] == pytest.approx(summary_eight['test_loss'], rel=1e-5)

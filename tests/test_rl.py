@@ -2,15 +2,13 @@
 
 import os
 import signal
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, train_on_devices
 from jaxlab import config as config_lib
 from jaxlab import train
 from jaxlab.data.episodes import EpisodeSource
@@ -85,32 +83,13 @@ def test_ppo_learns_cartpole_in_a_few_thousand_steps(tmp_path):
   assert summary['test_return'] > 100  # a random policy lasts about 22 steps
 
 
-TRAIN_AND_DUMP = '''
-import sys, jax, numpy as np
-sys.path.insert(0, {tests!r})
-from test_rl import tiny_config
-from jaxlab import train
-assert jax.device_count() == {devices}, jax.devices()
-summary = train.train(tiny_config(num_replicas=2), {workdir!r}, hooks=[lambda step, state: step == 12 and np.savez(
-    {out!r}, *[np.asarray(x) for x in jax.tree.leaves(state.params)])])
-print('METRIC', summary['test_return'])
-'''
-
-
 def test_ppo_with_replicas_is_the_same_on_one_and_on_eight_devices(tmp_path):
-  results = []
-  for devices in (1, 8):
-    out = str(tmp_path / f'{devices}.npz')
-    env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAX_PLATFORMS': 'cpu'}
-    code = TRAIN_AND_DUMP.format(tests=os.path.join(ROOT, 'tests'), devices=devices,
-                                 workdir=str(tmp_path / str(devices)), out=out)
-    proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with np.load(out) as f:
-      results.append([f[k] for k in sorted(f.files, key=lambda k: int(k.split('_')[1]))])
-  for a, b in zip(*results, strict=True):
+  setup = "from test_rl import tiny_config\nconfig = tiny_config(num_replicas=2)"
+  (one, summary_one), (eight, summary_eight) = (train_on_devices(tmp_path, d, setup) for d in (1, 8))
+  for a, b in zip(one, eight, strict=True):
     assert a.shape[0] == 2  # the replica axis
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert summary_one['test_return'] == summary_eight['test_return']
 
 
 def _transitions(first: int, n: int) -> Transition:
