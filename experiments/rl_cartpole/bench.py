@@ -4,17 +4,21 @@
 
 PATH is a checkout of github.com/luchris429/purejaxrl (its purejaxrl/ppo.py, unmodified; it needs
 `pip install distrax`). gymnax 1.x steps return six values, so gymnax.make hands it environments
-inside gymnax's own LegacyStepAPIWrapper. Each repeat times, alternating, PureJaxRL's jitted train
+inside gymnax's own LegacyStepAPIWrapper; its wrappers.py imports brax and navix for wrappers ppo.py
+does not use, so empty stand-in modules take their place. Each repeat times, alternating, PureJaxRL's jitted train
 (first call: with compilation; second call: the program alone) and jaxlab's train.train with the
 config's defaults (evaluation of 10 episodes at the end, checkpoints every 500 steps, logs every
-100): a fresh workdir, so the first includes compilation and the second reads the persistent
-compilation cache, as a second `launch.py` would. Then the same for `--seeds` seeds at once
-(jax.vmap of PureJaxRL's train; jaxlab's num_replicas). Prints medians and ratios.
+100), twice in fresh workdirs: the first compiles, the second reads the persistent compilation cache,
+as a second `launch.py` would (it still traces). Then the same for `--seeds` seeds at once (jax.vmap
+of PureJaxRL's train; jaxlab's num_replicas). Every repeat is a fresh process with an empty cache,
+the order of the two alternating. Prints medians and ratios. Neither side counts Python's start.
 """
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,14 +32,33 @@ PEER_CONFIG = {'LR': 2.5e-4, 'NUM_ENVS': 4, 'NUM_STEPS': 128, 'TOTAL_TIMESTEPS':
                'ANNEAL_LR': True, 'DEBUG': False}
 
 
+def _stand_in_modules(*names: str) -> None:
+  import types
+  for name in names:
+    module = sys.modules.setdefault(name, types.ModuleType(name))
+    module.__getattr__ = lambda attribute: object  # any name imported from it
+    parent, _, child = name.rpartition('.')
+    if parent:
+      setattr(sys.modules[parent], child, module)
+
+
 def peer_module(path: str):
+  _stand_in_modules('brax', 'brax.envs', 'brax.envs.wrappers', 'brax.envs.wrappers.training', 'navix')
+  sys.path.insert(0, os.path.join(path, 'purejaxrl'))
+  import ppo
+  return ppo
+
+
+def peer_train(ppo):
+  """PureJaxRL's train function, its environment made through the six-to-five-value wrapper (for it alone)."""
   import gymnax
   from gymnax.wrappers.compat import LegacyStepAPIWrapper
   make = gymnax.make
   gymnax.make = lambda name, **kwargs: (lambda env, params: (LegacyStepAPIWrapper(env), params))(*make(name, **kwargs))
-  sys.path.insert(0, os.path.join(path, 'purejaxrl'))
-  import ppo
-  return ppo
+  try:
+    return ppo.make_train(dict(PEER_CONFIG))
+  finally:
+    gymnax.make = make
 
 
 def timed(fn) -> tuple[float, object]:
@@ -47,7 +70,7 @@ def timed(fn) -> tuple[float, object]:
 
 def peer_times(ppo, seeds: int) -> tuple[float, float, float]:
   """(first call, second call) seconds of one jitted train, and the mean final return of its last update."""
-  train = ppo.make_train(dict(PEER_CONFIG))
+  train = peer_train(ppo)
   keys = jax.random.split(jax.random.PRNGKey(30), seeds)
   fn = jax.jit(jax.vmap(train)) if seeds > 1 else jax.jit(lambda k: train(k[0]))
   first, _ = timed(lambda: fn(keys))
@@ -58,15 +81,30 @@ def peer_times(ppo, seeds: int) -> tuple[float, float, float]:
 
 
 def our_times(seeds: int) -> tuple[float, float, float]:
+  """(first, second) seconds of train.train, each in a fresh workdir; the first compiles into this process's
+  empty persistent cache, the second reads it (as a second `launch.py` would); and the mean test return."""
   from jaxlab import config as config_lib
-  from jaxlab import parallel, train
+  from jaxlab import train
   config = config_lib.load(os.path.join(ROOT, 'configs', 'gymnax', 'ppo.py'))
   config_lib.set_value(config, 'num_replicas', seeds)
-  with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as workdirs:
-    parallel.enable_compilation_cache(cache)
+  with tempfile.TemporaryDirectory() as workdirs:
     first, _ = timed(lambda: train.train(config, os.path.join(workdirs, 'a')))
     second, summary = timed(lambda: train.train(config, os.path.join(workdirs, 'b')))
   return first, second, summary['test_return']
+
+
+def one_repeat(args: argparse.Namespace) -> None:
+  """Both frameworks at 1 and `seeds` seeds in this fresh process, with an empty compilation cache; one JSON line."""
+  from jaxlab import parallel
+  with tempfile.TemporaryDirectory() as cache:
+    parallel.enable_compilation_cache(cache)
+    ppo = peer_module(args.purejaxrl)
+    rows = []
+    for seeds in (1, args.seeds):
+      order = [('purejaxrl', lambda: peer_times(ppo, seeds)), ('jaxlab', lambda: our_times(seeds))]
+      for name, measure in order[::-1] if args.reverse else order:
+        rows.append([name, seeds, *measure()])
+    print('ROWS', json.dumps(rows), flush=True)
 
 
 def main() -> None:
@@ -74,17 +112,22 @@ def main() -> None:
   parser.add_argument('--purejaxrl', required=True)
   parser.add_argument('--seeds', type=int, default=64)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--one_repeat', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--reverse', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
-  ppo = peer_module(args.purejaxrl)
+  if args.one_repeat:
+    return one_repeat(args)
   rows = {}
-  for _ in range(args.repeats):
-    for seeds in (1, args.seeds):
-      for name, measure in (('purejaxrl', lambda: peer_times(ppo, seeds)), ('jaxlab', lambda: our_times(seeds))):
-        rows.setdefault((name, seeds), []).append(measure())
-        print(name, seeds, 'seeds: first %.1f s, second %.1f s, return %.1f' % rows[(name, seeds)][-1], flush=True)
-  print(f'\n| seeds | PureJaxRL first / second call | jaxlab first / second run | ratio first / second |')
-  print('|---|---|---|---|')
+  for repeat in range(args.repeats):  # each in a fresh process; which framework goes first alternates
+    command = [sys.executable, __file__, '--one_repeat', f'--purejaxrl={args.purejaxrl}', f'--seeds={args.seeds}']
+    out = subprocess.run(command + (['--reverse'] if repeat % 2 else []), capture_output=True, text=True, check=True)
+    for name, seeds, first, second, returns in json.loads(out.stdout.split('ROWS')[1]):
+      rows.setdefault((name, seeds), []).append((first, second))
+      print(f'repeat {repeat}: {name}, {seeds} seeds: first {first:.1f} s, second {second:.1f} s, return {returns:.1f}',
+            flush=True)
   median = lambda name, seeds, i: statistics.median(r[i] for r in rows[(name, seeds)])
+  print('\n| seeds | PureJaxRL first / second call | jaxlab first / second run | ratio first / second |')
+  print('|---|---|---|---|')
   for seeds in (1, args.seeds):
     peer, ours = [median('purejaxrl', seeds, i) for i in (0, 1)], [median('jaxlab', seeds, i) for i in (0, 1)]
     print(f'| {seeds} | {peer[0]:.1f} / {peer[1]:.1f} s | {ours[0]:.1f} / {ours[1]:.1f} s | '
