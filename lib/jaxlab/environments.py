@@ -75,8 +75,8 @@ class Environments:
 
   def reset(self, key: jax.Array) -> Runner:
     obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(jax.random.split(key, self.num_envs), self.params)
-    zeros = jnp.zeros(self.num_envs, jnp.float32)
-    return Runner(obs, env_state, zeros, zeros.astype(jnp.int32), zeros, zeros.astype(jnp.int32))
+    zeros = lambda dtype: jnp.zeros(self.num_envs, dtype)  # separate buffers: a donated state may not alias
+    return Runner(obs, env_state, zeros(jnp.float32), zeros(jnp.int32), zeros(jnp.float32), zeros(jnp.int32))
 
   def step(self, key: jax.Array, runner: Runner, action: jax.Array) -> tuple[Runner, Transition]:
     keys = jax.random.split(key, self.num_envs)
