@@ -16,6 +16,16 @@ def launch(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedPr
                         **kwargs)
 
 
+def sigterm_at(stop_step: int):
+  """A train.train hook that sends this process SIGTERM (a preemption) after step `stop_step`."""
+  import signal
+
+  def hook(step, state):
+    if step == stop_step:
+      os.kill(os.getpid(), signal.SIGTERM)
+  return hook
+
+
 def tiny_config(name: str = 'cnn', **overrides):
   """configs/mnist1d/<name>.py with few steps and a small dataset; overrides as dotted keys."""
   from jaxlab import config as config_lib

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import tiny_config
+from conftest import sigterm_at, tiny_config
 from jaxlab import checkpoint, train
 from jaxlab.errors import ConfigError, NonFiniteLossError
 
@@ -30,12 +30,8 @@ def test_interrupted_and_resumed_run_ends_bitwise_identical(tmp_path):
   straight = str(tmp_path / 'straight')
   train.train(config, straight)
 
-  def sigterm_at_9(step, state):
-    if step == 9:
-      os.kill(os.getpid(), signal.SIGTERM)
-
   resumed = str(tmp_path / 'resumed')
-  first = train.train(config, resumed, hooks=[sigterm_at_9])
+  first = train.train(config, resumed, hooks=[sigterm_at(9)])
   assert first['preempted'] and first['step'] == 10  # saved at the step after the signal
   assert checkpoint.Checkpointer(os.path.join(resumed, 'checkpoints'), 3).all_steps() == [10]
   second = train.train(config, resumed)

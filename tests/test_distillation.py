@@ -1,16 +1,14 @@
 """Knowledge distillation: the soft-target loss against its formulas, and the task through the loop."""
 
 import json
-import os
 import re
-import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import launch, tiny_config
+from conftest import launch, sigterm_at, tiny_config
 from jaxlab import train
 from jaxlab.errors import ConfigError
 from jaxlab.tasks.distillation import soft_target_loss
@@ -83,11 +81,7 @@ def test_distillation_lowers_the_soft_loss_and_resumes_bitwise(teacher, tmp_path
   losses = _metrics(tmp_path / 'whole', 'soft_loss')
   assert losses[-1] < 0.5 * losses[0]
 
-  def sigterm_at_12(step, state):
-    if step == 12:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  assert train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at_12])['preempted']
+  assert train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at(12)])['preempted']
   resumed = train.train(config, str(tmp_path / 'resumed'))
   assert resumed['steps_trained'] < 30 and resumed['test_loss'] == whole['test_loss']
   ours = [jax.device_get(train.restore_checkpoint(config, str(tmp_path / w))[2].params) for w in ('whole', 'resumed')]

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +10,7 @@ import pytest
 import scipy.linalg
 import scipy.special
 
-from conftest import ROOT, launch, train_on_devices
+from conftest import ROOT, launch, sigterm_at, train_on_devices
 from jaxlab import config as config_lib
 from jaxlab import frechet, images, tasks, train
 from jaxlab.data import pipeline, vision
@@ -142,11 +141,7 @@ def test_training_resumes_bitwise_after_sigterm(kind, tmp_path):
   config = tiny_config(kind)
   whole = train.train(config, str(tmp_path / 'whole'))
 
-  def sigterm_at_5(step, state):
-    if step == 5:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  assert train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at_5])['preempted']
+  assert train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at(5)])['preempted']
   resumed = train.train(config, str(tmp_path / 'resumed'))
   assert 0 < resumed['steps_trained'] < 12
   a, b = _params(config, tmp_path / 'whole'), _params(config, tmp_path / 'resumed')

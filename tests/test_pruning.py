@@ -1,8 +1,6 @@
 """Magnitude pruning: masks against hand counts, exact zeros through training, checkpoints and resume."""
 
-import os
 import re
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import tiny_config
+from conftest import sigterm_at, tiny_config
 from jaxlab import pruning, train
 from jaxlab.errors import ConfigError
 
@@ -51,11 +49,7 @@ def test_pruned_weights_stay_zero_through_a_resume_and_the_summary_counts_them(t
   config = _config()
   whole = train.train(config, str(tmp_path / 'whole'))
 
-  def sigterm_at_8(step, state):
-    if step == 8:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  assert train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at_8])['preempted']
+  assert train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at(8)])['preempted']
   saved = jax.device_get(train.restore_checkpoint(config, str(tmp_path / 'resumed'))[2].params)
   resumed = train.train(config, str(tmp_path / 'resumed'))
   final = jax.device_get(train.restore_checkpoint(config, str(tmp_path / 'resumed'))[2].params)

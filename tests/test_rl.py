@@ -1,14 +1,13 @@
 """Reinforcement learning: PPO's pieces against hand computations, and whole runs through the shared loop."""
 
 import os
-import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, train_on_devices
+from conftest import ROOT, sigterm_at, train_on_devices
 from jaxlab import config as config_lib
 from jaxlab import train
 from jaxlab.data.episodes import EpisodeSource
@@ -64,11 +63,7 @@ def test_training_resumes_bitwise_after_sigterm_environments_and_buffer_included
   config = tiny_config(algorithm)
   whole = train.train(config, str(tmp_path / 'whole'))
 
-  def sigterm_at_5(step, state):
-    if step == 5:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  assert train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at_5])['preempted']
+  assert train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at(5)])['preempted']
   resumed = train.train(config, str(tmp_path / 'resumed'))
   assert 0 < resumed['steps_trained'] < 12 and resumed['test_return'] == whole['test_return']
   a, b = (jax.device_get(train.restore_checkpoint(config, str(tmp_path / w))[2]) for w in ('whole', 'resumed'))
