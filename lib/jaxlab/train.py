@@ -532,8 +532,9 @@ class _Run:
       files = [str(summary_path)]
       for split, sums in (self.eval_sums.items() if results else ()):
         files += metrics.save(self.workdir, split, sums, report_step, self.program.summarize)  # JSON; confusion PNG
-      files += [f for f in map(functools.partial(curves.write, self.workdir),
-                               getattr(self.program.task, 'curve_metrics', ())) if f]
+      for metric in getattr(self.program.task, 'curve_metrics', ()):
+        path = curves.write(self.workdir, metric)  # None: the metric was never logged
+        files += [path] if path else []
       self.trackers.finish(summary, files)
     return summary
 
