@@ -15,7 +15,8 @@ from jaxlab import config as config_lib
 from jaxlab import frechet, images, tasks, train
 from jaxlab.data import pipeline, vision
 from jaxlab.errors import NonFiniteLossError
-from jaxlab.tasks.autoencoder import example_keys, gaussian_kl
+from jaxlab.tasks.autoencoder import gaussian_kl
+from jaxlab.tasks.base import example_keys
 
 SMALL = {  # tiny versions of configs/mnist/vae.py and dcgan.py
     'vae': {'model.hidden': (32,), 'model.latent': 4, 'vae.iwae_samples': 0},

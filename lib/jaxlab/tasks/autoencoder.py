@@ -23,10 +23,9 @@ import optax
 from jaxlab import images
 from jaxlab.attacks import PixelSpace
 from jaxlab.state import TrainState
-from jaxlab.tasks.base import Batch, Metrics, OneModel
+from jaxlab.tasks.base import Batch, Metrics, OneModel, example_keys
 
 LOSSES = ('bernoulli', 'mse')
-EVAL_KEY = 0  # evaluation noise: fold_in(key(EVAL_KEY), row)
 SAMPLE_KEY = 1  # the fixed noise batch of the samples shown at each evaluation
 LOG_2PI = math.log(2 * math.pi)
 
@@ -48,10 +47,6 @@ def gaussian_kl(mean: jax.Array, log_var: jax.Array) -> jax.Array:
 def gaussian_log_density(z: jax.Array, mean: jax.Array, log_var: jax.Array) -> jax.Array:
   """log N(z; mean, exp(log_var)) summed over the last axis."""
   return -0.5 * jnp.sum(LOG_2PI + log_var + jnp.square(z - mean) / jnp.exp(log_var), axis=-1)
-
-
-def example_keys(batch: Batch) -> jax.Array:
-  return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(EVAL_KEY), i))(batch['index'])
 
 
 @dataclasses.dataclass(frozen=True)

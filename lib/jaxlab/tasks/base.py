@@ -55,6 +55,15 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
+EVAL_KEY = 0  # evaluation example i draws its noise from fold_in(key(EVAL_KEY), i)
+
+
+def example_keys(batch: Batch) -> jax.Array:
+  """One key per example of an evaluation batch, from its row in the split (batch['index']): the same draws at
+  every evaluation and under any batching."""
+  return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(EVAL_KEY), i))(batch['index'])
+
+
 class Task(Protocol):
 
   def init(self, rng: jax.Array, batch: Batch) -> TrainState:

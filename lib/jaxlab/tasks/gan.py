@@ -8,8 +8,8 @@ transformation and only its own step touches it. A training batch is split into
 
 Evaluation, given a Fréchet classifier (jaxlab.frechet): the Fréchet distance between as many
 generated images as the split has and the split itself, beside `frechet_floor`, the same distance
-between as many training images and the split. Generated image i always comes from the noise of key
-(EVAL_KEY, i). Each evaluation also writes a grid of samples from one fixed noise batch.
+between as many training images and the split. Generated image i always comes from the noise of
+base.example_keys (key (0, i)). Each evaluation also writes a grid of samples from one fixed noise batch.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ import optax
 from jaxlab import frechet, images
 from jaxlab.attacks import PixelSpace
 from jaxlab.state import TrainState
-from jaxlab.tasks.base import Batch, Metrics
+from jaxlab.tasks.base import Batch, Metrics, example_keys
 
 NETWORKS = ('generator', 'discriminator')
-EVAL_KEY = 0
 SAMPLE_KEY = 1  # the fixed noise batch of the samples shown at each evaluation
 
 
@@ -140,7 +139,7 @@ class GAN:
     real = batch['mask'] > 0
     sums = {'count': jnp.sum(real, dtype=jnp.int32)}
     if self.reference is not None:
-      keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(EVAL_KEY), i))(batch['index'])
+      keys = example_keys(batch)
       fake = self.generate(state, jax.vmap(lambda k: self._noise(k, 1)[0])(keys))
       net = self.reference.net
       sums['real_features'], sums['real_outer'] = frechet.feature_sums(net(self.pixel_space.to_pixels(batch['x'])), real)
