@@ -46,7 +46,7 @@ class Runner:
 
 @dataclasses.dataclass(frozen=True)
 class Environments:
-  """`num_envs` copies of the gymnax environment `name`."""
+  """`num_envs` copies of the gymnax environment `name` (the tasks' factories check num_envs >= 1)."""
 
   name: str
   num_envs: int
@@ -55,8 +55,6 @@ class Environments:
     import gymnax
     if self.name not in gymnax.registered_envs:
       raise ConfigError(f'unknown env.name {self.name!r}; gymnax has {", ".join(gymnax.registered_envs)}')
-    if self.num_envs < 1:
-      raise ConfigError(f'env.num_envs must be >= 1, got {self.num_envs}')
     env, params = gymnax.make(self.name)
     object.__setattr__(self, 'env', env)
     object.__setattr__(self, 'params', params)

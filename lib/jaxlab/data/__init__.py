@@ -59,5 +59,5 @@ def make_source(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None =
     return planetoid.load(cfg)
   if cfg.name == 'episodes':
     from jaxlab.data import episodes
-    return episodes.EpisodeSource(cfg.eval_episodes, seed)
+    return episodes.EpisodeSource(cfg.eval_episodes)  # no seed: its batches are the same for every run
   raise ConfigError(f'unknown data.name {cfg.name!r}; choose from episodes, mnist1d, planetoid, standin, tfds, text')

@@ -19,7 +19,6 @@ class EpisodeSource:
   """`eval_episodes` evaluation episodes in one batch: 'index' picks each one's fixed start."""
 
   eval_episodes: int
-  seed: int = 0
   num_classes: int = 0
   full_batch: bool = True  # the same (empty) batch for every step, device and replica
 
