@@ -192,3 +192,42 @@ def test_the_logged_learning_rate_is_the_one_the_optimizer_used(tmp_path):
   # The update of step s (1-based) used the rate of optimizer count s - 1: 0.5 lr (1 + cos(pi (s-1) / N)).
   assert logged == pytest.approx({s: 0.01 * (1 + math.cos(math.pi * (s - 1) / 20)) for s in (5, 10, 15, 20)},
                                  rel=1e-5)
+
+
+def _logged(workdir, split='train'):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return {r['step']: r for r in map(json.loads, f) if r['split'] == split}
+
+
+def test_several_steps_per_call_end_at_every_log_and_checkpoint_and_train_the_same(tmp_path):
+  settings = {'train.num_steps': 23, 'train.log_every': 10, 'train.eval_every': 0, 'train.checkpoint_every': 7,
+              'train.keep_checkpoints': 10}
+  one = train.train(tiny_config('mlp', **settings), str(tmp_path / 'one'))
+  calls = []
+  five = train.train(tiny_config('mlp', **settings, **{'train.steps_per_call': 5}), str(tmp_path / 'five'),
+                     hooks=[lambda step, state: calls.append(step)])
+  # Calls of up to 5 steps, cut at the log steps 10, 20, the checkpoint steps 7, 14, 21 and the last, 23.
+  assert calls == [5, 7, 10, 14, 19, 20, 21, 23]
+  assert checkpoint.Checkpointer(str(tmp_path / 'five' / 'checkpoints'), 10).all_steps() == [7, 14, 21, 23]
+  logged_one, logged_five = _logged(str(tmp_path / 'one')), _logged(str(tmp_path / 'five'))
+  assert sorted(logged_five) == sorted(logged_one) == [7, 10, 14, 20, 21, 23]  # log steps, and each save logs
+  for step in logged_one:  # means over the same steps' losses
+    assert logged_five[step]['loss'] == pytest.approx(logged_one[step]['loss'], rel=1e-5)
+  for a, b in zip(jax.tree.leaves(_params(str(tmp_path / 'one'), 23)), jax.tree.leaves(_params(str(tmp_path / 'five'), 23))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert five['test_accuracy'] == pytest.approx(one['test_accuracy'], abs=1e-3)
+
+
+def test_several_steps_per_call_resume_bitwise_after_sigterm(tmp_path):
+  config = tiny_config('mlp', **{'train.num_steps': 24, 'train.checkpoint_every': 100, 'train.steps_per_call': 3})
+  train.train(config, str(tmp_path / 'straight'))
+  # Calls end at 3, 5, 8, 10 (log_every 5, steps_per_call 3): a signal after step 8 stops the run at the next end.
+  first = train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at(8)])
+  assert first['preempted'] and first['step'] == 10
+  assert train.train(config, str(tmp_path / 'resumed'))['steps_trained'] == 14
+  _assert_trees_equal(_params(str(tmp_path / 'straight'), 24), _params(str(tmp_path / 'resumed'), 24))
+
+
+def test_steps_per_call_must_be_positive(tmp_path):
+  with pytest.raises(ConfigError, match='train.steps_per_call must be >= 1, got 0'):
+    train.train(tiny_config(**{'train.steps_per_call': 0}), str(tmp_path / 'run'))

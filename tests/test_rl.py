@@ -71,6 +71,17 @@ def test_training_resumes_bitwise_after_sigterm_environments_and_buffer_included
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize('algorithm', ['ppo', 'dqn'])
+def test_several_loop_steps_per_call_train_as_one_per_call(algorithm, tmp_path):
+  states = []
+  for k in (1, 5):  # calls of 4, 2, 2, 4 steps: cut at the log steps 4, 8 and the evaluation and checkpoint step 6
+    train.train(tiny_config(algorithm, **{'train.steps_per_call': k}), str(tmp_path / str(k)))
+    states.append(jax.device_get(train.restore_checkpoint(tiny_config(algorithm, **{'train.steps_per_call': k}),
+                                                          str(tmp_path / str(k)))[2]))
+  for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_ppo_learns_cartpole_in_a_few_thousand_steps(tmp_path):
   config = tiny_config(**{'ppo.num_envs': 4, 'ppo.num_steps': 64, 'model.hidden': (32, 32), 'train.num_steps': 60,
                           'train.eval_every': 60, 'data.eval_episodes': 4, 'optimizer.learning_rate': 1e-3})

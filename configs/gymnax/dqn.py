@@ -3,7 +3,8 @@ epsilon 1 -> 0.05 over half of 500,000 environment steps, target network copied 
 Adam 2.5e-4, learning from step 10,000, one update every 10 steps, gamma 0.99; Q-network 120-84 ReLU.
 The loss is the squared TD error, as CleanRL's: with `dqn.loss=huber` the Q-values of seed 0 grew past
 4e7 by the end (measured, 2026-12-05), where the squared error reached return 500. A loop step is 10
-updates (100 environment steps), so 5,000 loop steps. `dqn.py:acrobot` is the same on Acrobot-v1.
+updates (100 environment steps), so 5,000 loop steps, up to 250 of them (a log line's) per call of the compiled
+program. `dqn.py:acrobot` is the same on Acrobot-v1.
 """
 
 from jaxlab import config as config_lib
@@ -26,5 +27,6 @@ def get_config(arg='cartpole'):
                     updates_per_step=10, loss='mse')
   config.optimizer.update(dict(name='adam', learning_rate=2.5e-4, schedule='constant'))
   num_steps = TOTAL_ENV_STEPS // (10 * 10)
-  config.train.update(dict(num_steps=num_steps, log_every=250, eval_every=num_steps, checkpoint_every=1000))
+  config.train.update(dict(num_steps=num_steps, log_every=250, eval_every=num_steps, checkpoint_every=1000,
+                           steps_per_call=250))
   return config

@@ -2,6 +2,8 @@
 update, 4 epochs of 4 minibatches, gamma 0.99, GAE lambda 0.95, clip 0.2, entropy 0.01, value 0.5, gradient
 norm 0.5, Adam 2.5e-4 (eps 1e-5) annealed linearly to 0, 500,000 environment steps (976 loop steps).
 Evaluation: 10 greedy episodes from fixed starts at the end. `ppo.py:acrobot` is the same on Acrobot-v1.
+One call of the compiled program runs the loop steps up to the next log line: a CartPole step computes for
+~3.4 ms, and dispatched one per call it took ~1 ms more (measured on the 2-core CPU machine).
 `ppo.py:space_invaders`: SpaceInvaders-MinAtar with PureJaxRL's MinAtar settings (examples/brax_minatar.ipynb):
 64 environments x 128 steps, 8 minibatches, Adam 5e-3 annealed, ReLU, 10,000,000 environment steps.
 """
@@ -27,6 +29,7 @@ def get_config(arg='cartpole'):
   config.optimizer.update(dict(name='adam', learning_rate=5e-3 if minatar else 2.5e-4, eps=1e-5, schedule='linear',
                                final_lr_fraction=0.0, grad_clip_norm=0.5))
   num_steps = total // (num_envs * 128)
-  config.train.update(dict(num_steps=num_steps, log_every=100 if not minatar else 20, eval_every=num_steps,
-                           checkpoint_every=500 if not minatar else 100))
+  log_every = 100 if not minatar else 20
+  config.train.update(dict(num_steps=num_steps, log_every=log_every, eval_every=num_steps,
+                           checkpoint_every=500 if not minatar else 100, steps_per_call=log_every))
   return config

@@ -1,6 +1,7 @@
 """PPO on CartPole-v1, 500,000 environment steps: jaxlab's whole run against PureJaxRL's ppo.py, one process.
 
   python experiments/rl_cartpole/bench.py --purejaxrl=PATH [--seeds=64] [--repeats=3]
+  python experiments/rl_cartpole/bench.py --profile   # where jaxlab's second one-seed run spends its time
 
 PATH is a checkout of github.com/luchris429/purejaxrl (its purejaxrl/ppo.py, unmodified; it needs
 `pip install distrax`). gymnax 1.x steps return six values, so gymnax.make hands it environments
@@ -100,21 +101,42 @@ def one_repeat(args: argparse.Namespace) -> None:
     parallel.enable_compilation_cache(cache)
     ppo = peer_module(args.purejaxrl)
     rows = []
-    for seeds in (1, args.seeds):
+    for seeds in sorted({1, args.seeds}):
       order = [('purejaxrl', lambda: peer_times(ppo, seeds)), ('jaxlab', lambda: our_times(seeds))]
       for name, measure in order[::-1] if args.reverse else order:
         rows.append([name, seeds, *measure()])
     print('ROWS', json.dumps(rows), flush=True)
 
 
+def profile_second_run() -> None:
+  """cProfile of jaxlab's one-seed runs after the compilation cache is filled: the loop's parts, lowering,
+  the cache, evaluation, checkpoints, the curve. Two runs are profiled: the `percall` columns are one run's."""
+  import cProfile
+  import pstats
+  from jaxlab import parallel
+  with tempfile.TemporaryDirectory() as cache:
+    parallel.enable_compilation_cache(cache)
+    our_times(1)  # compiles into the cache, then runs again under the profiler below
+    profile = cProfile.Profile()
+    profile.runcall(our_times, 1)
+  pattern = (r'jaxlab/(train|checkpoint|curves)\.py:\d+\((train|_build|_restore_or_init|loop|flush|_evaluate_and_log|'
+             r'save|_summary|write)\)|pjit\.py:\d+\(_pjit_lower\)|compile_or_get_cached')
+  pstats.Stats(profile).sort_stats('cumulative').print_stats(pattern)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
-  parser.add_argument('--purejaxrl', required=True)
+  parser.add_argument('--purejaxrl')
+  parser.add_argument('--profile', action='store_true')
   parser.add_argument('--seeds', type=int, default=64)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--one_repeat', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--reverse', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.profile:
+    return profile_second_run()
+  if not args.purejaxrl:
+    parser.error('--purejaxrl=PATH (a checkout of github.com/luchris429/purejaxrl) is needed, or --profile')
   if args.one_repeat:
     return one_repeat(args)
   rows = {}
@@ -128,7 +150,7 @@ def main() -> None:
   median = lambda name, seeds, i: statistics.median(r[i] for r in rows[(name, seeds)])
   print('\n| seeds | PureJaxRL first / second call | jaxlab first / second run | ratio first / second |')
   print('|---|---|---|---|')
-  for seeds in (1, args.seeds):
+  for seeds in sorted({1, args.seeds}):
     peer, ours = [median('purejaxrl', seeds, i) for i in (0, 1)], [median('jaxlab', seeds, i) for i in (0, 1)]
     print(f'| {seeds} | {peer[0]:.1f} / {peer[1]:.1f} s | {ours[0]:.1f} / {ours[1]:.1f} s | '
           f'{ours[0] / peer[0]:.2f} / {ours[1] / peer[1]:.2f} |')

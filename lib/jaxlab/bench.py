@@ -34,19 +34,21 @@ def _training_only(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 
 def framework_steps_per_sec(config: ml_collections.ConfigDict, steps: int) -> float:
-  """Steps/s of train.train() between step WARMUP_STEPS and the step before the last."""
+  """Steps/s of train.train() from the first call to end at or after step WARMUP_STEPS to the first at or
+  after WARMUP_STEPS + steps (calls run up to train.steps_per_call steps), before the last, which evaluates."""
   config = _training_only(config)
-  config.train.num_steps = WARMUP_STEPS + steps + 1
+  config.train.num_steps = WARMUP_STEPS + steps + config.train.steps_per_call
   marks = {}
 
   def clock(step, state):
-    if step in (WARMUP_STEPS, WARMUP_STEPS + steps):
+    if (not marks and step >= WARMUP_STEPS) or (len(marks) == 1 and step >= WARMUP_STEPS + steps):
       jax.block_until_ready(state)
       marks[step] = time.perf_counter()
 
   with tempfile.TemporaryDirectory() as workdir:
     train.train(config, workdir, hooks=[clock])
-  return steps / (marks[WARMUP_STEPS + steps] - marks[WARMUP_STEPS])
+  (first, began), (last, ended) = marks.items()
+  return (last - first) / (ended - began)
 
 
 def hand_loop_steps_per_sec(config: ml_collections.ConfigDict, steps: int) -> float:

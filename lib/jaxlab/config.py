@@ -282,6 +282,9 @@ def defaults() -> ml_collections.ConfigDict:
       # evaluations without improvement before stopping (0: never stop, still keep the best).
       early_stopping_metric='', early_stopping_mode='max', early_stopping_patience=0,
       grad_accum_steps=1,  # k > 1: each step sums the gradients of k micro-batches (accumulate.py)
+      # n > 1: up to n steps per call of the compiled program (one dispatch; a call ends at every log,
+      # evaluation and checkpoint step). For steps of a few ms, whose dispatch costs as much (RL on CPU).
+      steps_per_call=1,
       peak_flops=0.0))  # per device, for MFU; 0: from the table of chips in flops.py
   # Devices as a (data, fsdp, tensor) grid; -1: all remaining. The batch is split over data x fsdp.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

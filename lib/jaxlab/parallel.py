@@ -49,6 +49,11 @@ def replica_batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(None, _batch_axes(mesh)))
 
 
+def stacked(sharding: NamedSharding) -> NamedSharding:
+  """The sharding of arrays stacked along a new, unsharded first axis."""
+  return NamedSharding(sharding.mesh, P(None, *sharding.spec))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
