@@ -54,8 +54,9 @@ _BENCH_REPLICAS = flags.DEFINE_integer(
 _BENCH_AGAINST = flags.DEFINE_list(
     'bench_against', [], 'bench: key=value overrides; times the config with them against the config without.')
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'sweep/search: runs at a time, each on its share of the CPU cores.')
-_METRIC = flags.DEFINE_string('metric', 'test_accuracy',
-                              'sweep/results: the summary metric to plot; search: the one to tune (default validation_accuracy).')
+_METRIC = flags.DEFINE_string('metric', None, 'sweep/results: the summary metric to show and plot (default '
+                              'test_accuracy, else the runs\' first test metric); search: the one to tune (default '
+                              'validation_accuracy).')
 _TRIALS = flags.DEFINE_integer('trials', 20, 'search: trials the study should hold in the end.')
 _DIRECTION = flags.DEFINE_enum('direction', None, ['maximize', 'minimize'],
                                'search: default minimize for a *loss metric, else maximize.')
@@ -272,7 +273,7 @@ def _sweep_or_results(command: str, argv: list[str]) -> None:
     failed = sweep.run(spec, workdir, common=common, parallel=_PARALLEL.value, launcher=launcher, metric=metric)
   elif command == 'search':
     workdir = _workdir('search-')
-    metric = metric if flags.FLAGS['metric'].present else 'validation_accuracy'
+    metric = metric or 'validation_accuracy'
     direction = _DIRECTION.value or ('minimize' if metric.endswith('loss') else 'maximize')
     failed = search.run(spec, workdir, trials=_TRIALS.value, common=common, parallel=_PARALLEL.value,
                         launcher=launcher, metric=metric, direction=direction, seed=_SEARCH_SEED.value)

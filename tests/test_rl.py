@@ -1,5 +1,7 @@
 """Reinforcement learning: PPO's pieces against hand computations, and whole runs through the shared loop."""
 
+import csv
+import json
 import os
 
 import jax
@@ -7,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, sigterm_at, train_on_devices
+from conftest import ROOT, launch, sigterm_at, train_on_devices
 from jaxlab import config as config_lib
 from jaxlab import train
 from jaxlab.data.episodes import EpisodeSource
@@ -29,7 +31,8 @@ def tiny_config(algorithm='ppo', **overrides):
   """configs/gymnax/<algorithm>.py, 2 environments, a few transitions per step, 12 loop steps."""
   config = config_lib.load(os.path.join(ROOT, 'configs', 'gymnax', f'{algorithm}.py'))
   settings = {**TINY[algorithm], 'model.hidden': (8,), 'data.eval_episodes': 2, 'train.num_steps': 12,
-              'train.log_every': 4, 'train.eval_every': 6, 'train.checkpoint_every': 6, **overrides}
+              'train.log_every': 4, 'train.eval_every': 6, 'train.checkpoint_every': 6, 'train.steps_per_call': 1,
+              **overrides}
   for key, value in settings.items():
     config_lib.set_value(config, key, value)
   return config
@@ -60,12 +63,14 @@ def test_clipped_surrogate_by_hand():
 
 @pytest.mark.parametrize('algorithm', ['ppo', 'dqn'])
 def test_training_resumes_bitwise_after_sigterm_environments_and_buffer_included(algorithm, tmp_path):
-  config = tiny_config(algorithm)
+  # Calls of 2 steps; a signal after step 4 stops the run at 6, where only the signal makes a checkpoint.
+  config = tiny_config(algorithm, **{'train.checkpoint_every': 12, 'train.steps_per_call': 2})
   whole = train.train(config, str(tmp_path / 'whole'))
 
-  assert train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at(5)])['preempted']
+  stopped = train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at(4)])
+  assert stopped['preempted'] and stopped['step'] == 6
   resumed = train.train(config, str(tmp_path / 'resumed'))
-  assert 0 < resumed['steps_trained'] < 12 and resumed['test_return'] == whole['test_return']
+  assert resumed['steps_trained'] == 6 and resumed['test_return'] == whole['test_return']
   a, b = (jax.device_get(train.restore_checkpoint(config, str(tmp_path / w))[2]) for w in ('whole', 'resumed'))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):  # params, Adam, environments, buffer, keys
     np.testing.assert_array_equal(x, y)
@@ -80,6 +85,35 @@ def test_several_loop_steps_per_call_train_as_one_per_call(algorithm, tmp_path):
                                                           str(tmp_path / str(k)))[2]))
   for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]), strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+def test_environment_steps_per_second_count_every_replica(tmp_path):
+  train.train(tiny_config(num_replicas=2, **{'train.num_steps': 4, 'train.eval_every': 4}), str(tmp_path))
+  with open(tmp_path / 'metrics.jsonl') as f:
+    logged = [r for r in map(json.loads, f) if r['split'] == 'train']
+  assert logged  # 2 replicas x 2 environments x 8 steps each loop step
+  assert all(r['env_steps_per_sec'] == pytest.approx(r['steps_per_sec'] * 32) for r in logged)
+
+
+def test_a_sweep_of_the_shipped_config_runs_each_learning_rate_with_vmapped_seeds(tmp_path):
+  tiny = {**TINY['ppo'], 'model.hidden': (8,), 'data.eval_episodes': 2, 'train.num_steps': 4, 'train.log_every': 2,
+          'train.eval_every': 4, 'train.checkpoint_every': 4, 'num_replicas': 2}
+  workdir = tmp_path / 'sweep'
+  proc = launch('sweep', f'--config={os.path.join(ROOT, "configs", "gymnax", "ppo.py")}', f'--workdir={workdir}',
+                '--parallel=2', *(f'--config.{k}={v}' for k, v in tiny.items()), timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.count(' done ') == 3 and proc.stdout.count('test_return') >= 3  # the default metric of RL runs
+  with open(workdir / 'results.csv') as f:
+    rows = {float(r['optimizer.learning_rate']): r for r in csv.DictReader(f)}
+  assert sorted(rows) == [1e-4, 2.5e-4, 1e-3]
+  for rate, row in rows.items():
+    point = workdir / f'learning_rate={rate}'
+    config = json.loads((point / 'config.json').read_text())
+    assert config['optimizer']['learning_rate'] == rate and config['num_replicas'] == 2
+    summary = json.loads((point / 'summary.json').read_text())
+    assert len(summary['test_return_replicas']) == 2
+    assert float(row['test_return']) == pytest.approx(np.mean(summary['test_return_replicas']))
+  assert '| test_return' in (workdir / 'results.md').read_text() and (workdir / 'test_return.png').exists()
 
 
 def test_ppo_learns_cartpole_in_a_few_thousand_steps(tmp_path):

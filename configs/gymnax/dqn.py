@@ -4,11 +4,13 @@ Adam 2.5e-4, learning from step 10,000, one update every 10 steps, gamma 0.99; Q
 The loss is the squared TD error, as CleanRL's: with `dqn.loss=huber` the Q-values of seed 0 grew past
 4e7 by the end (measured, 2026-12-05), where the squared error reached return 500. A loop step is 10
 updates (100 environment steps), so 5,000 loop steps, up to 250 of them (a log line's) per call of the compiled
-program. `dqn.py:acrobot` is the same on Acrobot-v1.
+program. `dqn.py:acrobot` is the same on Acrobot-v1. `launch.py sweep --config=configs/gymnax/dqn.py
+--config.num_replicas=5`: three learning rates, each point 5 seeds in one vmapped program.
 """
 
 from jaxlab import config as config_lib
 from jaxlab.data.episodes import data_config
+from jaxlab.sweep import product
 
 ENVS = {'cartpole': 'CartPole-v1', 'acrobot': 'Acrobot-v1'}
 TOTAL_ENV_STEPS = 500_000
@@ -30,3 +32,8 @@ def get_config(arg='cartpole'):
   config.train.update(dict(num_steps=num_steps, log_every=250, eval_every=num_steps, checkpoint_every=1000,
                            steps_per_call=250))
   return config
+
+
+def sweep(arg='cartpole'):
+  del arg
+  return product(('optimizer.learning_rate', [1e-4, 2.5e-4, 1e-3]))

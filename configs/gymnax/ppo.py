@@ -6,10 +6,13 @@ One call of the compiled program runs the loop steps up to the next log line: a 
 ~3.4 ms, and dispatched one per call it took ~1 ms more (measured on the 2-core CPU machine).
 `ppo.py:space_invaders`: SpaceInvaders-MinAtar with PureJaxRL's MinAtar settings (examples/brax_minatar.ipynb):
 64 environments x 128 steps, 8 minibatches, Adam 5e-3 annealed, ReLU, 10,000,000 environment steps.
+`launch.py sweep --config=configs/gymnax/ppo.py --config.num_replicas=10`: three learning rates, each point
+10 seeds in one vmapped program.
 """
 
 from jaxlab import config as config_lib
 from jaxlab.data.episodes import data_config
+from jaxlab.sweep import product
 
 ENVS = {'cartpole': 'CartPole-v1', 'acrobot': 'Acrobot-v1', 'space_invaders': 'SpaceInvaders-MinAtar'}
 
@@ -33,3 +36,8 @@ def get_config(arg='cartpole'):
   config.train.update(dict(num_steps=num_steps, log_every=log_every, eval_every=num_steps,
                            checkpoint_every=500 if not minatar else 100, steps_per_call=log_every))
   return config
+
+
+def sweep(arg='cartpole'):
+  rates = [2e-3, 5e-3, 2e-2] if arg == 'space_invaders' else [1e-4, 2.5e-4, 1e-3]
+  return product(('optimizer.learning_rate', rates))

@@ -115,6 +115,7 @@ class ReplicatedTask:
   """A task whose state has a leading replica axis; every function is the base one under vmap."""
 
   base: Task
+  num_replicas: int
   shared_batches: bool = False  # every replica trains on the same batch (a full-batch source)
 
   def init(self, rngs: jax.Array, batch: Batch) -> TrainState:
@@ -135,3 +136,8 @@ class ReplicatedTask:
   @property
   def curve_metrics(self) -> tuple[str, ...]:
     return getattr(self.base, 'curve_metrics', ())
+
+  @property
+  def items_per_step(self) -> dict[str, int]:
+    """Of all replicas together: a step of the vmapped program processes every replica's."""
+    return {unit: count * self.num_replicas for unit, count in getattr(self.base, 'items_per_step', {}).items()}

@@ -133,11 +133,12 @@ def plot(groups: Sequence[dict[str, Any]], metric: str, path: str) -> bool:
 
 
 
-def write(workdir: str, metric: str = 'test_accuracy', with_plot: bool = True) -> str:
+def write(workdir: str, metric: str | None = None, with_plot: bool = True) -> str:
   """Writes results.csv (every number), results.md and (`with_plot`) <metric>.png into the sweep's
-  workdir; returns the table."""
+  workdir; returns the table. `metric` None: sweep.default_metric of what the runs report."""
   rows, keys = collect(workdir)
   metrics = metric_names(rows)
+  metric = metric or sweep_lib.default_metric(metrics) or 'test_accuracy'
   if metric not in metrics and any(r['status'] == 'done' for r in rows):
     raise ConfigError(f'metric {metric!r} is not in the runs\' summaries; they have: {", ".join(metrics)}')
   groups = aggregate(rows, keys, metrics)

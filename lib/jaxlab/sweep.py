@@ -88,6 +88,13 @@ def load(spec: str) -> list[Point]:
   return points
 
 
+def default_metric(names: Iterable[str]) -> str | None:
+  """The metric shown when none is asked for: test_accuracy where the runs report it, else their first test
+  metric (an RL run's test_return); None where they report none."""
+  tests = sorted(n for n in names if n.startswith('test_'))
+  return 'test_accuracy' if 'test_accuracy' in tests else (tests[0] if tests else None)
+
+
 def is_seed_key(key: str) -> bool:
   return key.split('.')[-1] == 'seed'
 
@@ -266,7 +273,7 @@ def raise_stop(signum, frame):
 
 
 def run(spec: str, workdir: str, *, common: Mapping[str, Any] = {}, parallel: int = 1,
-        launcher: Sequence[str] = (sys.executable, 'launch.py'), metric: str = 'test_accuracy') -> int:
+        launcher: Sequence[str] = (sys.executable, 'launch.py'), metric: str | None = None) -> int:
   """Runs every point of the sweep in `spec` under `workdir`; returns the number that failed.
 
   Finished points are skipped, interrupted ones resume from their checkpoints (train.train
@@ -281,7 +288,7 @@ def run(spec: str, workdir: str, *, common: Mapping[str, Any] = {}, parallel: in
 
 
 def _run_points(spec: str, workdir: str, points: list[dict[str, Any]], common: Mapping[str, Any], parallel: int,
-                launcher: Sequence[str], metric: str) -> int:
+                launcher: Sequence[str], metric: str | None) -> int:
   with open(os.path.join(workdir, MANIFEST), 'w') as f:
     json.dump({'config': spec, 'common': {k: format_value(v) for k, v in common.items()},
                'points': [{'name': p['name'], 'overrides': p['overrides']} for p in points]}, f, indent=2)
@@ -313,8 +320,9 @@ def _run_points(spec: str, workdir: str, points: list[dict[str, Any]], common: M
         point_dir = os.path.join(workdir, point['name'])
         seconds = time.perf_counter() - began
         if proc.returncode == 0 and is_finished(point_dir, point['num_steps']):
-          value = read_summary(point_dir).get(metric)
-          shown = f'{metric} {value:.4f}' if isinstance(value, float) else ''
+          summary = read_summary(point_dir)
+          name = metric or default_metric(summary)
+          shown = f'{name} {summary[name]:.4f}' if isinstance(summary.get(name), float) else ''
           print(f'[{done}/{total}] done   {point["name"]} in {seconds:.1f}s {shown}', flush=True)
         else:
           failed.append(point['name'])

@@ -217,11 +217,12 @@ def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Pr
   rng = jax.random.PRNGKey(config.seed)
   per_replica = config.num_replicas > 1
   if per_replica:
-    source, task = replicas.replicate(config, source, workdir), replicas.ReplicatedTask(task, full_batch)
+    source = replicas.replicate(config, source, workdir)
+    task = replicas.ReplicatedTask(task, config.num_replicas, full_batch)
     rng = replicas.init_keys(config.seed, config.num_replicas)
     train_batch_sharding = batch_sharding if full_batch else parallel.replica_batch_sharding(mesh)
     specs = sharding.with_leading_axis(specs)
-  abstract = jax.eval_shape(task.init, rng, example)
+  abstract = jax.eval_shape(task.init, rng, example) if per_replica else one_run
   state_sharding = sharding.named(specs, mesh)
   # A batch that splits into the micro-batches of grad_accum_steps, stacked per replica.
   train_example = jax.tree.map(lambda x: np.concatenate([x] * config.train.grad_accum_steps), example)
