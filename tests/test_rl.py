@@ -116,6 +116,26 @@ def test_a_sweep_of_the_shipped_config_runs_each_learning_rate_with_vmapped_seed
   assert '| test_return' in (workdir / 'results.md').read_text() and (workdir / 'test_return.png').exists()
 
 
+def _primitives(jaxpr):
+  """(name, input shapes) of every equation in `jaxpr` and in the jaxprs nested in it (scan, jit, cond...)."""
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name, [v.aval.shape for v in eqn.invars]
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          yield from _primitives(inner)
+
+
+def test_replicated_init_runs_each_qr_on_one_matrix():
+  # jaxlib 0.10's batched CPU LAPACK kernels can deadlock the thread pool (a 64-seed PPO init hung): the
+  # orthogonal initialiser's QR must see one replica's matrix at a time.
+  program = train._build(tiny_config(num_replicas=3))
+  qrs = [shapes for name, shapes in _primitives(jax.make_jaxpr(program.task.init)(program.rng, program.example).jaxpr)
+         if name == 'qr']
+  assert qrs and all(len(shape) == 2 for shapes in qrs for shape in shapes)
+
+
 def test_ppo_learns_cartpole_in_a_few_thousand_steps(tmp_path):
   config = tiny_config(**{'ppo.num_envs': 4, 'ppo.num_steps': 64, 'model.hidden': (32, 32), 'train.num_steps': 60,
                           'train.eval_every': 60, 'data.eval_episodes': 4, 'optimizer.learning_rate': 1e-3})

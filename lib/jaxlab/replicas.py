@@ -119,7 +119,10 @@ class ReplicatedTask:
   shared_batches: bool = False  # every replica trains on the same batch (a full-batch source)
 
   def init(self, rngs: jax.Array, batch: Batch) -> TrainState:
-    return jax.vmap(self.base.init, in_axes=(0, None))(rngs, batch)
+    # One replica after another, not vmapped: batched LAPACK kernels of jaxlib 0.10 on CPU (the QR of
+    # orthogonal initialisers) wait for work queued on the thread pool they run on, and two at once hung a
+    # 64-seed PPO init on the 2-core machine (seen 2026-12-06; jaxlib 0.11.2 removes that parallel path).
+    return jax.lax.map(lambda rng: self.base.init(rng, batch), rngs)
 
   def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     return jax.vmap(self.base.train_step, in_axes=(0, None if self.shared_batches else 0))(state, batch)
