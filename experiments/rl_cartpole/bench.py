@@ -142,7 +142,9 @@ def main() -> None:
   rows = {}
   for repeat in range(args.repeats):  # each in a fresh process; which framework goes first alternates
     command = [sys.executable, __file__, '--one_repeat', f'--purejaxrl={args.purejaxrl}', f'--seeds={args.seeds}']
-    out = subprocess.run(command + (['--reverse'] if repeat % 2 else []), capture_output=True, text=True, check=True)
+    # jaxlib 0.10's batched CPU QR can deadlock (PureJaxRL's vmapped init batches it): a hung repeat fails.
+    out = subprocess.run(command + (['--reverse'] if repeat % 2 else []), capture_output=True, text=True, check=True,
+                         timeout=3600)
     for name, seeds, first, second, returns in json.loads(out.stdout.split('ROWS')[1]):
       rows.setdefault((name, seeds), []).append((first, second))
       print(f'repeat {repeat}: {name}, {seeds} seeds: first {first:.1f} s, second {second:.1f} s, return {returns:.1f}',
