@@ -112,7 +112,7 @@ class ReplicatedSource:
 
 @dataclasses.dataclass(frozen=True)
 class ReplicatedTask:
-  """A task whose state has a leading replica axis; every function is the base one under vmap."""
+  """A task whose state has a leading replica axis; every function is the base one under vmap (init: lax.map)."""
 
   base: Task
   num_replicas: int
