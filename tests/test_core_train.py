@@ -218,6 +218,17 @@ def test_several_steps_per_call_end_at_every_log_and_checkpoint_and_train_the_sa
   assert five['test_accuracy'] == pytest.approx(one['test_accuracy'], abs=1e-3)
 
 
+def test_several_steps_per_call_stack_each_replicas_batches(tmp_path):
+  settings = {'train.num_steps': 8, 'train.log_every': 4, 'train.eval_every': 8, 'train.checkpoint_every': 8,
+              'num_replicas': 2}
+  for k in (1, 3):  # calls of 3 and 1 steps, twice: batches stacked (3, replicas, batch, ...)
+    train.train(tiny_config('mlp', **settings, **{'train.steps_per_call': k}), str(tmp_path / str(k)))
+  one, three = (_params(str(tmp_path / str(k)), 8) for k in (1, 3))
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(three), strict=True):
+    assert a.shape[0] == 2 and not np.allclose(a[0], a[1])  # two replicas, each its own
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_several_steps_per_call_resume_bitwise_after_sigterm(tmp_path):
   config = tiny_config('mlp', **{'train.num_steps': 24, 'train.checkpoint_every': 100, 'train.steps_per_call': 3})
   train.train(config, str(tmp_path / 'straight'))
