@@ -2,6 +2,8 @@
 
   python experiments/rl_cartpole/bench.py --purejaxrl=PATH [--seeds=64] [--repeats=3]
   python experiments/rl_cartpole/bench.py --profile   # where jaxlab's second one-seed run spends its time
+  python experiments/rl_cartpole/bench.py --compile_times   # each program a first one-seed run compiles
+  python experiments/rl_cartpole/bench.py --dispatch   # the PPO step called 976 times vs in one lax.scan
 
 PATH is a checkout of github.com/luchris429/purejaxrl (its purejaxrl/ppo.py, unmodified; it needs
 `pip install distrax`). gymnax 1.x steps return six values, so gymnax.make hands it environments
@@ -124,10 +126,57 @@ def profile_second_run() -> None:
   pstats.Stats(profile).sort_stats('cumulative').print_stats(pattern)
 
 
+def print_compile_times() -> None:
+  """Each XLA compilation of a first one-seed jaxlab run (empty cache), from jax's own compile log."""
+  import logging
+  from jaxlab import config as config_lib
+  from jaxlab import parallel, train
+  compiles = []
+
+  class Collect(logging.Handler):
+    def emit(self, record):
+      if record.getMessage().startswith('Finished XLA compilation of'):
+        compiles.append(record.getMessage())
+
+  jax.config.update('jax_log_compiles', True)
+  logging.getLogger('jax').addHandler(Collect())
+  with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as workdir:
+    parallel.enable_compilation_cache(cache)
+    train.train(config_lib.load(os.path.join(ROOT, 'configs', 'gymnax', 'ppo.py')), workdir)
+  print('\n'.join(compiles))
+
+
+def print_dispatch_cost(repeats: int) -> None:
+  """The config's PPO step 976 times from fresh states: one jitted call per step against one lax.scan."""
+  from jaxlab import config as config_lib
+  from jaxlab import data, tasks
+  config = config_lib.load(os.path.join(ROOT, 'configs', 'gymnax', 'ppo.py'))
+  source = data.make_source(config.data, config.seed)
+  task = tasks.make(config, source)
+  batch, steps = source.example_batch(), config.train.num_steps
+  init = jax.jit(task.init)
+  step = jax.jit(task.train_step, donate_argnums=0)
+  scanned = jax.jit(lambda state: jax.lax.scan(lambda s, _: task.train_step(s, batch), state, None, length=steps))
+
+  def called(state):
+    for _ in range(steps):
+      state, _ = step(state, batch)
+    return state
+
+  for run in (called, scanned):
+    jax.block_until_ready(run(init(jax.random.PRNGKey(0), batch)))  # compiles
+  for repeat in range(repeats):
+    seconds = [timed(lambda: run(init(jax.random.PRNGKey(repeat), batch)))[0] for run in (called, scanned)]
+    print(f'repeat {repeat}: {steps} steps called one by one {seconds[0]:.2f} s ({seconds[0] / steps * 1e3:.2f} '
+          f'ms/step), in one lax.scan {seconds[1]:.2f} s ({seconds[1] / steps * 1e3:.2f} ms/step)', flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--purejaxrl')
   parser.add_argument('--profile', action='store_true')
+  parser.add_argument('--compile_times', action='store_true')
+  parser.add_argument('--dispatch', action='store_true')
   parser.add_argument('--seeds', type=int, default=64)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--one_repeat', action='store_true', help=argparse.SUPPRESS)
@@ -135,8 +184,13 @@ def main() -> None:
   args = parser.parse_args()
   if args.profile:
     return profile_second_run()
+  if args.compile_times:
+    return print_compile_times()
+  if args.dispatch:
+    return print_dispatch_cost(args.repeats)
   if not args.purejaxrl:
-    parser.error('--purejaxrl=PATH (a checkout of github.com/luchris429/purejaxrl) is needed, or --profile')
+    parser.error('--purejaxrl=PATH (a checkout of github.com/luchris429/purejaxrl) is needed, or --profile, '
+                 '--compile_times, --dispatch')
   if args.one_repeat:
     return one_repeat(args)
   rows = {}
