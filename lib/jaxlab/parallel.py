@@ -44,14 +44,14 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(_batch_axes(mesh)))
 
 
-def replica_batch_sharding(mesh: Mesh) -> NamedSharding:
-  """(replicas, batch, ...) arrays: every replica's batch split over the data and fsdp axes."""
-  return NamedSharding(mesh, P(None, _batch_axes(mesh)))
-
-
 def stacked(sharding: NamedSharding) -> NamedSharding:
   """The sharding of arrays stacked along a new, unsharded first axis."""
   return NamedSharding(sharding.mesh, P(None, *sharding.spec))
+
+
+def replica_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """(replicas, batch, ...) arrays: every replica's batch split over the data and fsdp axes."""
+  return stacked(batch_sharding(mesh))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
