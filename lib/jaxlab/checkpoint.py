@@ -65,6 +65,11 @@ def _checksums(tree: Any) -> list[jax.Array]:
   return [_leaf_checksum(x) for x in jax.tree.leaves(tree)]
 
 
+def compile_checksums(tree: Any) -> None:
+  """Compiles `checksum`'s program for trees of `tree`'s abstract leaves (see jaxlab.compile_ahead)."""
+  _checksums.lower(tree).compile()
+
+
 def checksum(tree: Any) -> list[list[int]]:
   """[[linear, mixed], ...] per leaf of `tree`, as plain ints (JSON)."""
   return [[int(v) for v in pair] for pair in jax.device_get(_checksums(tree))]

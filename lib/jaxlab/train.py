@@ -17,7 +17,7 @@ import numpy as np
 from etils import epath
 
 from jaxlab import accumulate, checkpoint, data, early_stopping, flops, metrics, optim, parallel, replicas, sharding
-from jaxlab import curves, init_from_run, pruning, stop, tasks, trackers
+from jaxlab import compile_ahead, curves, init_from_run, pruning, stop, tasks, trackers
 from jaxlab import config as config_lib
 from jaxlab.errors import JaxlabError, NonFiniteLossError
 from jaxlab.logging import MetricWriter, Progress, format_metrics
@@ -66,15 +66,16 @@ def _multi_step(train_step: Callable, steps_per_call: int, stacked_batches: bool
   `batch` is one batch per step stacked on a leading axis, or (`stacked_batches` False: a full-batch
   source) the one batch every step sees. With steps_per_call 1 the call is one step, as it was.
   """
-  if steps_per_call == 1:
-    return lambda state, totals, batch, active, count: train_step(state, totals, batch, active)
+  def one(state: TrainState, totals: dict[str, Any], batch: Any, active: jax.Array | None, count: jax.Array):
+    del count  # always 1
+    return train_step(state, totals, batch, active)
 
   def steps(state: TrainState, totals: dict[str, Any], batch: Any, active: jax.Array | None, count: jax.Array):
     def body(i, carry):
       step_batch = jax.tree.map(lambda b: b[i], batch) if stacked_batches else batch
       return train_step(*carry, step_batch, active)
     return jax.lax.fori_loop(0, count, body, (state, totals))
-  return steps
+  return one if steps_per_call == 1 else steps
 
 
 def _call_lengths(start: int, t: ml_collections.ConfigDict) -> Iterator[int]:
@@ -256,17 +257,18 @@ def compiled_memory(config: ml_collections.ConfigDict) -> Any:
   return program.train_step.lower(state, totals, batch, None, 1).compile().memory_analysis()
 
 
-def _restore_or_init(program: _Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
-                     workdir: str) -> tuple[int, TrainState]:
-  """The newest intact checkpoint whose own config is this run's, or a fresh state at step 0."""
+def _restore_newest(program: _Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
+                    workdir: str) -> tuple[int, TrainState] | None:
+  """(step, state) of the newest intact checkpoint whose own config is this run's; None if there is none."""
   def accept(step: int, saved: dict[str, Any]) -> None:
     config_lib.check_same(saved, config, f'the checkpoint of step {step} in {workdir} was saved by a different config')
 
-  target = checkpoint.abstract_with_shardings(program.abstract, program.state_sharding)
-  found = ckpt.restore_newest_good(target, accept)
-  if found is not None:
-    return found[0], found[1]
-  return 0, jax.jit(program.task.init, out_shardings=program.state_sharding)(program.rng, program.example)
+  found = ckpt.restore_newest_good(checkpoint.abstract_with_shardings(program.abstract, program.state_sharding), accept)
+  return None if found is None else (found[0], found[1])
+
+
+def _init_state(program: _Program) -> TrainState:
+  return jax.jit(program.task.init, out_shardings=program.state_sharding)(program.rng, program.example)
 
 
 CHECKPOINT_DIRS = {'newest': 'checkpoints', 'best': early_stopping.BEST_DIR}  # which -> folder of the workdir
@@ -288,13 +290,13 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: s
   program = _build(config, workdir)
   ckpt = checkpoint.Checkpointer(str(directory), keep=1_000_000)  # never deletes: it only reads
   try:
-    step, state = _restore_step(program, ckpt, config, workdir, step) if step else _restore_or_init(
+    found = _restore_step(program, ckpt, config, workdir, step) if step else _restore_newest(
         program, ckpt, config, workdir)
   finally:
     ckpt.close()
-  if step == 0:
+  if found is None:
     raise JaxlabError(f'{directory} holds no checkpoint')
-  return step, program, state
+  return found[0], program, found[1]
 
 
 def _restore_step(program: _Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
@@ -346,6 +348,17 @@ def _evaluator(program: _Program, eval_sums: dict[str, Any],
   return evaluate
 
 
+def _compile_evaluation(program: _Program, states: Any) -> None:
+  """Compiles the evaluation step for the first batch of each split (all of a split's batches have its shape)."""
+  for split in program.source.eval_splits:
+    if split in getattr(program.source, 'per_replica_splits', ()):
+      continue  # its first batch needs every replica's whole split read
+    eval_step, sharding = program.eval_step_for(split)
+    batch = next(iter(program.source.eval_batches(split)), None)
+    if batch is not None:
+      compile_ahead.compile_for(eval_step, states, compile_ahead.abstract(parallel.to_global(batch, sharding)))
+
+
 def _device_batches(program: _Program, start: int, t: ml_collections.ConfigDict) -> Iterator[Any]:
   """What each call of the training step takes from `start` on: a batch, or a stack of them."""
   batches = program.source.train_batches(start)
@@ -385,26 +398,55 @@ class _Run:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, program: _Program):
     self.config, self.workdir, self.program = config, workdir, program
     self.ckpt = checkpoint.Checkpointer(str(epath.Path(workdir) / 'checkpoints'), config.train.keep_checkpoints)
+    self.ahead, self.best = compile_ahead.CompileAhead(), None
     try:
-      self.start, self.state = _restore_or_init(program, self.ckpt, config, workdir)
-      if self.start == 0 and config.init.workdir:
-        self.state = init_from_run.load(config, self.state, workdir)
+      self._start()
       self.trackers = trackers.start(config, workdir, jax.process_index() == 0)
     except BaseException:  # a refused config, no intact checkpoint, a tracker that cannot start, a signal
-      self.ckpt.close()
+      for resource in (self.ahead, self.best, self.ckpt):
+        if resource is not None:
+          resource.close()
       raise
     stop.arm()
     if jax.process_index() == 0:
       config_lib.save(workdir, config)
-    self.step = self.start
     self.writer = MetricWriter(workdir, self.start, self.trackers)
     self.progress = Progress(config.train.num_steps, self.start)
     self.eval_sums: dict[str, Any] = {}
     self.evaluate = _evaluator(program, self.eval_sums)
-    self.best = early_stopping.from_config(workdir, config)
-    self.active = self._active()
     self.totals = program.zero_totals()
     self.clock, self.paused = time.perf_counter(), 0.0  # paused: evaluating and checkpointing since the last log
+
+  def _start(self) -> None:
+    """The step and state to start from (the newest checkpoint's, else initialised while the training
+    step compiles), the batches from there on, and the run's programs compiling ahead."""
+    program, config = self.program, self.config
+    found = _restore_newest(program, self.ckpt, config, self.workdir)
+    self.start = self.step = found[0] if found else 0
+    self.best = early_stopping.from_config(self.workdir, config)
+    self.active = self._active()
+    batches = _device_batches(program, self.start, config.train)
+    first = next(batches)
+    self.batches = itertools.chain([first], batches)
+    state = found[1] if found else None
+    if state is None and config.init.workdir:
+      state = init_from_run.load(config, _init_state(program), self.workdir)
+    self._compile_ahead(state, first)
+    self.state = _init_state(program) if state is None else state
+
+  def _compile_ahead(self, state: TrainState | None, first_batch: Any) -> None:
+    """Queues, on the background thread, the training step (overlapping the initialisation), then the
+    checkpoint and evaluation programs (overlapping the first training steps)."""
+    program = self.program
+    states = compile_ahead.abstract(program.abstract if state is None else state,
+                                    program.state_sharding if state is None else None)
+    totals = jax.eval_shape(program.zero_totals)
+    active = compile_ahead.abstract(self.active)
+    self.ahead.submit('train_step', lambda: compile_ahead.compile_for(
+        program.train_step, states, totals, compile_ahead.abstract(first_batch), active, compile_ahead.PYTHON_INT))
+    self.ahead.submit('save', lambda: (compile_ahead.compile_for(_all_finite, states.params),
+                                       checkpoint.compile_checksums(states)))
+    self.ahead.submit('evaluate', lambda: _compile_evaluation(program, states))
 
   def _active(self) -> jax.Array | None:
     """Which replicas still train (early stopping per replica); None: all."""
@@ -443,6 +485,7 @@ class _Run:
 
   def save(self) -> None:
     self.flush()
+    self.ahead.wait('save')
     if not bool(_all_finite(self.state.params)):
       raise NonFiniteLossError(f'parameters became NaN/Inf by step {self.step}; not saving them. '
                                f'Last good checkpoint: {self._last_good()}')
@@ -455,6 +498,7 @@ class _Run:
 
   def _evaluate_and_log(self, last: bool) -> tuple[dict[str, dict[str, float]], bool]:
     began = time.perf_counter()
+    self.ahead.wait('evaluate')
     results = self.evaluate(self.state)
     t = self.config.train
     # Evaluations more frequent than log lines (every epoch of a graph) are printed with the log lines only.
@@ -487,13 +531,13 @@ class _Run:
     """Trains to the end, a stop signal or early stopping; returns (last evaluation, signal, stopped early)."""
     t, program = self.config.train, self.program
     one_in_flight = _one_step_in_flight()
-    batches = _device_batches(program, self.step, t)
     results, signal_name = {}, None
     stopped_early = self.best is not None and self.best.should_stop(self.step)
+    self.ahead.wait('train_step')
     for length in () if stopped_early else _call_lengths(self.step, t):
       if one_in_flight:
         jax.block_until_ready(self.totals)
-      self.state, self.totals = program.train_step(self.state, self.totals, next(batches), self.active, length)
+      self.state, self.totals = program.train_step(self.state, self.totals, next(self.batches), self.active, length)
       self.step += length
       self.ckpt.check()
       last = self.step == t.num_steps
@@ -534,7 +578,7 @@ class _Run:
     """The loop and the final evaluation; every writer is closed after them, also when they fail."""
     try:
       with contextlib.ExitStack() as closing:  # closed in reverse
-        for resource in (self.best, self.ckpt, self.writer, self.progress):
+        for resource in (self.ahead, self.best, self.ckpt, self.writer, self.progress):
           if resource is not None:
             closing.callback(resource.close)
         results, signal_name, stopped_early = self.loop(hooks)
@@ -554,11 +598,13 @@ class _Run:
         chosen = f'steps {best.steps.tolist()} ({best.metric} {", ".join(f"{v:.4g}" for v in best.values)})'
       else:
         chosen = f'step {best.step} ({best.metric} {"not recorded" if best.value is None else f"{best.value:.4g}"})'
+      self.ahead.wait('evaluate')
       self.progress.message(f'{"Stopped early; r" if stopped_early else "R"}estoring the best '
                             f'{"state of each replica" if best.per_replica else "checkpoint"}: {chosen}')
       self.state = best.restore(checkpoint.abstract_with_shardings(self.program.abstract, self.program.state_sharding))
       return self.evaluate(self.state)
     # A run that had already finished reports from its final checkpoint.
+    self.ahead.wait('evaluate')
     return results or self.evaluate(self.state)
 
   def _summary(self, results: dict[str, dict[str, float]], signal_name: str | None, stopped_early: bool,
