@@ -94,3 +94,15 @@ def test_showcase_texts_and_images_go_to_files_and_tensorboard(tmp_path):
   assert shown.step == 40 and (shown.width, shown.height) == (5, 6)
   text = events.Tensors('sample_0/text_summary')[0]
   assert text.step == 40 and 'To be,\nor not' in text.tensor_proto.string_val[0].decode()
+
+
+def test_a_flush_puts_every_point_written_before_it_on_disk(tmp_path):
+  """tensorboardX's own flush() writes out its file, not the events still queued for its writer thread."""
+  from jaxlab.logging import MetricWriter
+  writer = MetricWriter(str(tmp_path))
+  for step in range(1, 2001):
+    writer.write(step, 'train', {'loss': float(step)})
+  writer.flush()
+  shown = _scalars(tmp_path)  # what a SIGKILL now would leave
+  writer.close()
+  assert [step for step, _ in shown['train/loss']] == list(range(1, 2001))

@@ -121,7 +121,7 @@ def profile_second_run() -> None:
     our_times(1)  # compiles into the cache, then runs again under the profiler below
     profile = cProfile.Profile()
     profile.runcall(our_times, 1)
-  pattern = (r'jaxlab/(train|checkpoint|curves)\.py:\d+\((train|_build|_restore_or_init|loop|flush|_evaluate_and_log|'
+  pattern = (r'jaxlab/(train|checkpoint|curves)\.py:\d+\((train|_build|_restore_newest|_init_state|loop|flush|_evaluate_and_log|'
              r'save|_summary|write)\)|pjit\.py:\d+\(_pjit_lower\)|compile_or_get_cached')
   pstats.Stats(profile).sort_stats('cumulative').print_stats(pattern)
 

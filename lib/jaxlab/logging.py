@@ -61,7 +61,6 @@ class MetricWriter:
     self._trackers = trackers or Trackers({})
     if not self.enabled:
       return
-    from tensorboardX import SummaryWriter
     self._path = epath.Path(workdir) / METRICS_FILE
     lines = self._path.read_bytes().decode('utf-8', 'replace').splitlines(keepends=True) if self._path.exists() else []
     kept = [line for line in lines if (record := parse_line(line)) is not None and record['step'] <= start_step]
@@ -73,7 +72,20 @@ class MetricWriter:
     self._lines = kept if '://' in workdir else None
     if self._lines is None:
       self._jsonl = open(self._path, 'a')
-    self._tb = SummaryWriter(str(epath.Path(workdir) / 'tensorboard'), purge_step=start_step + 1 if start_step else None)
+    self._events_dir, self._events_files = str(epath.Path(workdir) / 'tensorboard'), 0
+    self._purge_step = start_step + 1 if start_step else None
+    self._open_events = None
+
+  @property
+  def _tb(self) -> Any:
+    """The open TensorBoard writer: a new events file after each flush, numbered so that readers,
+    which take a folder's files in name order, see them in order (names otherwise differ only by second)."""
+    if self._open_events is None:
+      from tensorboardX import SummaryWriter
+      self._open_events = SummaryWriter(self._events_dir, purge_step=self._purge_step,
+                                        filename_suffix=f'.{self._events_files:06d}')
+      self._purge_step, self._events_files = None, self._events_files + 1
+    return self._open_events
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -112,15 +124,20 @@ class MetricWriter:
     return written
 
   def flush(self) -> None:
-    """Puts the TensorBoard events written so far on disk (metrics.jsonl is flushed at every write)."""
-    if self.enabled:
-      self._tb.flush()
+    """Puts the TensorBoard events written so far on disk (metrics.jsonl is flushed at every write).
+
+    tensorboardX's own flush() leaves the events still queued for its writer thread in memory; closing
+    drains the queue.
+    """
+    if self.enabled and self._open_events is not None:
+      self._open_events.close()
+      self._open_events = None
 
   def close(self) -> None:
     if self.enabled:
       if self._lines is None:
         self._jsonl.close()
-      self._tb.close()
+      self.flush()
 
 
 def format_metrics(metrics: Mapping[str, float | list]) -> str:
