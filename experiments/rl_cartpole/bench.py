@@ -4,6 +4,7 @@
   python experiments/rl_cartpole/bench.py --profile   # where jaxlab's second one-seed run spends its time
   python experiments/rl_cartpole/bench.py --compile_times   # each program a first one-seed run compiles
   python experiments/rl_cartpole/bench.py --dispatch   # the PPO step called 976 times vs in one lax.scan
+  python experiments/rl_cartpole/bench.py --calls   # the loop's program: 976 steps in 1, 2, 8 or 10 calls
 
 PATH is a checkout of github.com/luchris429/purejaxrl (its purejaxrl/ppo.py, unmodified; it needs
 `pip install distrax`). gymnax 1.x steps return six values, so gymnax.make hands it environments
@@ -171,12 +172,45 @@ def print_dispatch_cost(repeats: int) -> None:
           f'ms/step), in one lax.scan {seconds[1]:.2f} s ({seconds[1] / steps * 1e3:.2f} ms/step)', flush=True)
 
 
+def print_call_costs(repeats: int) -> None:
+  """The loop's compiled program (the config's, several steps per call) running the 976 steps in 1, 2, 8
+  or 10 calls (10: the config's log lines end its calls), dispatched back to back, in shuffled order."""
+  import random
+  from jaxlab import config as config_lib
+  from jaxlab import train
+  config = config_lib.load(os.path.join(ROOT, 'configs', 'gymnax', 'ppo.py'))
+  config_lib.set_value(config, 'train.steps_per_call', config.train.num_steps)
+  program = train._build(config)
+  init = jax.jit(program.task.init, out_shardings=program.state_sharding)
+  batch = next(train._device_batches(program, 0, config.train))
+  plans = {'1 x 976': [976], '2 x 488': [488] * 2, '8 x 122': [122] * 8, '10 (9 x 100 + 76)': [100] * 9 + [76]}
+
+  def run(lengths):
+    state, totals = init(program.rng, program.example), program.zero_totals()
+    jax.block_until_ready(state)
+    began = time.perf_counter()
+    for length in lengths:
+      state, totals = program.train_step(state, totals, batch, None, length)
+    jax.block_until_ready(totals)
+    return time.perf_counter() - began
+
+  for lengths in plans.values():
+    run(lengths)  # compiles (one program for every length)
+  seconds = {name: [] for name in plans}
+  for repeat in range(repeats):
+    for name in random.Random(repeat).sample(list(plans), len(plans)):
+      seconds[name].append(run(plans[name]))
+  for name, values in seconds.items():
+    print(f'{name} calls: median {statistics.median(values):.2f} s ({" ".join(f"{v:.2f}" for v in values)})')
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--purejaxrl')
   parser.add_argument('--profile', action='store_true')
   parser.add_argument('--compile_times', action='store_true')
   parser.add_argument('--dispatch', action='store_true')
+  parser.add_argument('--calls', action='store_true')
   parser.add_argument('--seeds', type=int, default=64)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--one_repeat', action='store_true', help=argparse.SUPPRESS)
@@ -188,9 +222,11 @@ def main() -> None:
     return print_compile_times()
   if args.dispatch:
     return print_dispatch_cost(args.repeats)
+  if args.calls:
+    return print_call_costs(args.repeats)
   if not args.purejaxrl:
     parser.error('--purejaxrl=PATH (a checkout of github.com/luchris429/purejaxrl) is needed, or --profile, '
-                 '--compile_times, --dispatch')
+                 '--compile_times, --dispatch, --calls')
   if args.one_repeat:
     return one_repeat(args)
   rows = {}
