@@ -413,7 +413,7 @@ class _Run:
     self.writer = MetricWriter(workdir, self.start, self.trackers)
     self.progress = Progress(config.train.num_steps, self.start)
     self.eval_sums: dict[str, Any] = {}
-    self.evaluate = _evaluator(program, self.eval_sums)
+    self._evaluate = _evaluator(program, self.eval_sums)
     self.totals = program.zero_totals()
     self.clock, self.paused = time.perf_counter(), 0.0  # paused: evaluating and checkpointing since the last log
 
@@ -447,6 +447,10 @@ class _Run:
     self.ahead.submit('save', lambda: (compile_ahead.compile_for(_all_finite, states.params),
                                        checkpoint.compile_checksums(states)))
     self.ahead.submit('evaluate', lambda: _compile_evaluation(program, states))
+
+  def evaluate(self, state: TrainState) -> dict[str, dict[str, float]]:
+    self.ahead.wait('evaluate')  # its programs compiled ahead are used, not compiled again
+    return self._evaluate(state)
 
   def _active(self) -> jax.Array | None:
     """Which replicas still train (early stopping per replica); None: all."""
@@ -498,7 +502,6 @@ class _Run:
 
   def _evaluate_and_log(self, last: bool) -> tuple[dict[str, dict[str, float]], bool]:
     began = time.perf_counter()
-    self.ahead.wait('evaluate')
     results = self.evaluate(self.state)
     t = self.config.train
     # Evaluations more frequent than log lines (every epoch of a graph) are printed with the log lines only.
@@ -512,6 +515,7 @@ class _Run:
       self.writer.write_showcase(self.step, showcase(self.state))
     stopped_early = False
     if self.best is not None:
+      self.ahead.wait('save')  # checksums: a best state read back from disk is checked with them
       self.best.update(self.step, results, self.state)
       stopped_early = not last and self.best.should_stop(self.step)
       self._note_stopped_replicas()
@@ -598,13 +602,11 @@ class _Run:
         chosen = f'steps {best.steps.tolist()} ({best.metric} {", ".join(f"{v:.4g}" for v in best.values)})'
       else:
         chosen = f'step {best.step} ({best.metric} {"not recorded" if best.value is None else f"{best.value:.4g}"})'
-      self.ahead.wait('evaluate')
       self.progress.message(f'{"Stopped early; r" if stopped_early else "R"}estoring the best '
                             f'{"state of each replica" if best.per_replica else "checkpoint"}: {chosen}')
       self.state = best.restore(checkpoint.abstract_with_shardings(self.program.abstract, self.program.state_sharding))
       return self.evaluate(self.state)
     # A run that had already finished reports from its final checkpoint.
-    self.ahead.wait('evaluate')
     return results or self.evaluate(self.state)
 
   def _summary(self, results: dict[str, dict[str, float]], signal_name: str | None, stopped_early: bool,
