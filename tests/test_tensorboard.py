@@ -106,3 +106,19 @@ def test_a_flush_puts_every_point_written_before_it_on_disk(tmp_path):
   shown = _scalars(tmp_path)  # what a SIGKILL now would leave
   writer.close()
   assert [step for step, _ in shown['train/loss']] == list(range(1, 2001))
+
+
+def test_a_run_resumed_in_the_same_second_keeps_the_interrupted_runs_events(tmp_path):
+  """Event file names carry only the second: a resumed run must not reuse (and overwrite) a name."""
+  from jaxlab.logging import MetricWriter
+  first = MetricWriter(str(tmp_path))
+  for step in (1, 2, 3):
+    first.write(step, 'train', {'loss': float(step)})
+  first.flush()
+  first.write(4, 'train', {'loss': 4.0})  # after the checkpoint at 3: dropped on resume
+  first.close()
+  resumed = MetricWriter(str(tmp_path), start_step=3)
+  for step in (4, 5):
+    resumed.write(step, 'train', {'loss': 10.0 * step})
+  resumed.close()
+  assert _scalars(tmp_path)['train/loss'] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0)]

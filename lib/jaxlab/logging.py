@@ -73,17 +73,18 @@ class MetricWriter:
     if self._lines is None:
       self._jsonl = open(self._path, 'a')
     self._events_dir, self._events_files = str(epath.Path(workdir) / 'tensorboard'), 0
-    self._purge_step = start_step + 1 if start_step else None
+    self._start_step, self._purge_step = start_step, start_step + 1 if start_step else None
     self._open_events = None
 
   @property
   def _tb(self) -> Any:
-    """The open TensorBoard writer: a new events file after each flush, numbered so that readers,
-    which take a folder's files in name order, see them in order (names otherwise differ only by second)."""
+    """The open TensorBoard writer: a new events file after each flush. Names otherwise differ only by
+    the second: the start step and a count make them unique and put them in order for readers, which
+    take a folder's files in name order (a resumed run's after the interrupted run's)."""
     if self._open_events is None:
       from tensorboardX import SummaryWriter
       self._open_events = SummaryWriter(self._events_dir, purge_step=self._purge_step,
-                                        filename_suffix=f'.{self._events_files:06d}')
+                                        filename_suffix=f'.{self._start_step:012d}.{self._events_files:06d}')
       self._purge_step, self._events_files = None, self._events_files + 1
     return self._open_events
 
