@@ -181,12 +181,11 @@ def print_call_costs(repeats: int) -> None:
   config = config_lib.load(os.path.join(ROOT, 'configs', 'gymnax', 'ppo.py'))
   config_lib.set_value(config, 'train.steps_per_call', config.train.num_steps)
   program = train._build(config)
-  init = jax.jit(program.task.init, out_shardings=program.state_sharding)
   batch = next(train._device_batches(program, 0, config.train))
   plans = {'1 x 976': [976], '2 x 488': [488] * 2, '8 x 122': [122] * 8, '10 (9 x 100 + 76)': [100] * 9 + [76]}
 
   def run(lengths):
-    state, totals = init(program.rng, program.example), program.zero_totals()
+    state, totals = train._init_state(program), program.zero_totals()
     jax.block_until_ready(state)
     began = time.perf_counter()
     for length in lengths:
