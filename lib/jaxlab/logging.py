@@ -73,7 +73,7 @@ class MetricWriter:
     if self._lines is None:
       self._jsonl = open(self._path, 'a')
     self._events_dir, self._events_files = str(epath.Path(workdir) / 'tensorboard'), 0
-    self._start_step, self._purge_step = start_step, start_step + 1 if start_step else None
+    self._start_step = start_step
     self._open_events = None
 
   @property
@@ -83,9 +83,10 @@ class MetricWriter:
     take a folder's files in name order (a resumed run's after the interrupted run's)."""
     if self._open_events is None:
       from tensorboardX import SummaryWriter
-      self._open_events = SummaryWriter(self._events_dir, purge_step=self._purge_step,
+      first_after_resume = self._start_step > 0 and self._events_files == 0  # the purge: in that file only
+      self._open_events = SummaryWriter(self._events_dir, purge_step=self._start_step + 1 if first_after_resume else None,
                                         filename_suffix=f'.{self._start_step:012d}.{self._events_files:06d}')
-      self._purge_step, self._events_files = None, self._events_files + 1
+      self._events_files += 1
     return self._open_events
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:

@@ -438,8 +438,8 @@ class _Run:
     """Queues, on the background thread, the training step (overlapping the initialisation), then the
     checkpoint and evaluation programs (overlapping the first training steps)."""
     program = self.program
-    states = compile_ahead.abstract(program.abstract if state is None else state,
-                                    program.state_sharding if state is None else None)
+    states = (compile_ahead.abstract(program.abstract, program.state_sharding) if state is None
+              else compile_ahead.abstract(state))
     totals = jax.eval_shape(program.zero_totals)
     active = compile_ahead.abstract(self.active)
     self.ahead.submit('train_step', lambda: compile_ahead.compile_for(
