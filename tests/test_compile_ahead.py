@@ -4,10 +4,13 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from conftest import sigterm_at, tiny_config
+from conftest import sigterm_at, tiny_config, tiny_lm_config
 from jaxlab import compile_ahead, train
+from jaxlab.data import text
+from jaxlab.errors import ConfigError
 from test_rl import tiny_config as rl_config
 
 AHEAD_THREAD = 'jaxlab-compile-ahead'
@@ -98,3 +101,38 @@ def test_a_failing_job_is_left_for_the_call_to_raise():
   ahead.wait('broken')  # no error here: the program's own call raises it
   ahead.wait('broken')  # waited for already: returns at once
   ahead.close()
+
+
+def _final_state(config, workdir):
+  return jax.device_get(train.restore_checkpoint(config, str(workdir))[2])
+
+
+@pytest.mark.parametrize('make_config', [cnn, ppo])
+def test_a_program_run_again_compiles_nothing_and_trains_resumes_and_ends_as_a_new_program(tmp_path, make_config):
+  config = make_config(2)
+  program = train.build(config)
+  train.train(config, str(tmp_path / 'first'), program=program)
+  with compiles() as found:
+    preempted = train.train(config, str(tmp_path / 'again'), program=program, hooks=[sigterm_at(4)])
+  assert preempted['preempted'] and found == []
+  again = train.train(config, str(tmp_path / 'again'), program=program)  # resumed
+  new = train.train(config, str(tmp_path / 'new'))
+  run_facts = ('workdir', 'train_seconds', 'steps_trained')
+  assert {k: v for k, v in again.items() if k not in run_facts} == {k: v for k, v in new.items() if k not in run_facts}
+  ours, theirs = _final_state(config, tmp_path / 'again'), _final_state(config, tmp_path / 'new')
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True))
+
+
+def test_a_program_run_in_a_workdir_takes_a_data_source_of_that_workdir(tmp_path, corpus):
+  config = tiny_lm_config(corpus)
+  program = train.build(config)  # no workdir: its text source saved no vocabulary
+  (tmp_path / 'run').mkdir()
+  run = program.for_run(config, str(tmp_path / 'run'))
+  assert text.read_vocabulary(str(tmp_path / 'run')) == run.source.vocab == program.source.vocab
+  assert run.task is program.task and run.train_step is program.train_step
+
+
+def test_a_program_built_from_another_config_is_refused(tmp_path):
+  program = train.build(cnn(1))
+  with pytest.raises(ConfigError, match='built from a different config'):
+    train.train(cnn(2), str(tmp_path), program=program)

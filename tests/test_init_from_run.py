@@ -38,7 +38,7 @@ def test_map_and_skip_copy_exactly_the_mapped_arrays_and_frozen_ones_stay_bitwis
   for name in ('kernel', 'bias'):
     assert np.array_equal(mine['Dense_0'][name], theirs['Dense_0'][name])
     assert np.array_equal(mine['Dense_1'][name], theirs['head'][name])
-  program = train._build(config)
+  program = train.build(config)
   fresh = jax.device_get(program.task.init(program.rng, program.example).params)
   assert not np.allclose(mine['head']['kernel'], fresh['head']['kernel'])  # the head alone trained
 

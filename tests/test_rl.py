@@ -130,7 +130,7 @@ def _primitives(jaxpr):
 def test_replicated_init_runs_each_qr_on_one_matrix():
   # jaxlib 0.10's batched CPU LAPACK kernels can deadlock the thread pool (a 64-seed PPO init hung): the
   # orthogonal initialiser's QR must see one replica's matrix at a time.
-  program = train._build(tiny_config(num_replicas=3))
+  program = train.build(tiny_config(num_replicas=3))
   qrs = [shapes for name, shapes in _primitives(jax.make_jaxpr(program.task.init)(program.rng, program.example).jaxpr)
          if name == 'qr']
   assert qrs and all(len(shape) == 2 for shapes in qrs for shape in shapes)

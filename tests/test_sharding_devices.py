@@ -78,7 +78,7 @@ def _load(path):
 def restore(config, workdir, saved):
   """Restores the newest checkpoint of `workdir` laid out for `config`'s mesh; checks it bit for bit
   against the parameters dumped when it was saved; returns the shape of one kernel's shard on a device."""
-  program = train._build(config, workdir)
+  program = train.build(config, workdir)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3)
   try:
     step, state, _ = ckpt.restore_newest_good(checkpoint.abstract_with_shardings(program.abstract,

@@ -1,7 +1,7 @@
 """PPO on CartPole-v1, 500,000 environment steps: jaxlab's whole run against PureJaxRL's ppo.py, one process.
 
   python experiments/rl_cartpole/bench.py --purejaxrl=PATH [--seeds=64] [--repeats=3]
-  python experiments/rl_cartpole/bench.py --profile   # where jaxlab's second one-seed run spends its time
+  python experiments/rl_cartpole/bench.py --profile   # where a one-seed run of a new program spends its time
   python experiments/rl_cartpole/bench.py --compile_times   # each program a first one-seed run compiles
   python experiments/rl_cartpole/bench.py --dispatch   # the PPO step called 976 times vs in one lax.scan
   python experiments/rl_cartpole/bench.py --calls   # the loop's program: 976 steps in 1, 2, 8 or 10 calls
@@ -12,8 +12,10 @@ inside gymnax's own LegacyStepAPIWrapper; its wrappers.py imports brax and navix
 does not use, so empty stand-in modules take their place. Each repeat times, alternating, PureJaxRL's jitted train
 (first call: with compilation; second call: the program alone) and jaxlab's train.train with the
 config's defaults (evaluation of 10 episodes at the end, checkpoints every 500 steps, logs every
-100), twice in fresh workdirs: the first compiles, the second reads the persistent compilation cache,
-as a second `launch.py` would (it still traces). Then the same for `--seeds` seeds at once (jax.vmap
+100), three times in fresh workdirs: the first builds its program and compiles it, the second runs the
+same program again (`train.train(..., program=)`: nothing traced or compiled, like PureJaxRL's second
+call), the third builds a new program, which traces and lowers it and reads the persistent compilation
+cache, as a second `launch.py` would. Then the same for `--seeds` seeds at once (jax.vmap
 of PureJaxRL's train; jaxlab's num_replicas). Every repeat is a fresh process with an empty cache,
 the order of the two alternating. Prints medians and ratios. Neither side counts Python's start.
 """
@@ -72,7 +74,7 @@ def timed(fn) -> tuple[float, object]:
   return time.perf_counter() - began, out
 
 
-def peer_times(ppo, seeds: int) -> tuple[float, float, float]:
+def peer_times(ppo, seeds: int) -> tuple[float, float, None, float]:
   """(first call, second call) seconds of one jitted train, and the mean final return of its last update."""
   train = peer_train(ppo)
   keys = jax.random.split(jax.random.PRNGKey(30), seeds)
@@ -81,20 +83,33 @@ def peer_times(ppo, seeds: int) -> tuple[float, float, float]:
   second, out = timed(lambda: fn(keys))
   info = out['metrics']
   returns = info['returned_episode_returns'][..., -1, :, :].mean()  # the last update's finished episodes
-  return first, second, float(returns)
+  return first, second, None, float(returns)
 
 
-def our_times(seeds: int) -> tuple[float, float, float]:
-  """(first, second) seconds of train.train, each in a fresh workdir; the first compiles into this process's
-  empty persistent cache, the second reads it (as a second `launch.py` would); and the mean test return."""
+def our_times(seeds: int, reuse: bool = True) -> tuple[float, float, float | None, float]:
+  """Seconds of three train.train runs in fresh workdirs, and the last one's mean test return: the first
+  builds the program and compiles it into this process's empty persistent cache; the second runs that same
+  program again (as PureJaxRL's second call reuses its jitted train); the third builds a new program, which
+  traces, lowers and reads the persistent cache as a second `launch.py` would (None without `reuse`:
+  the second run is then that one)."""
   from jaxlab import config as config_lib
   from jaxlab import train
   config = config_lib.load(os.path.join(ROOT, 'configs', 'gymnax', 'ppo.py'))
   config_lib.set_value(config, 'num_replicas', seeds)
+  built = []
+
+  def run(workdir, program=None):
+    if program is None:
+      built.append(program := train.build(config))
+    return train.train(config, workdir, program=program)
+
   with tempfile.TemporaryDirectory() as workdirs:
-    first, _ = timed(lambda: train.train(config, os.path.join(workdirs, 'a')))
-    second, summary = timed(lambda: train.train(config, os.path.join(workdirs, 'b')))
-  return first, second, summary['test_return']
+    first, _ = timed(lambda: run(os.path.join(workdirs, 'a')))
+    second, summary = timed(lambda: run(os.path.join(workdirs, 'b'), built[0] if reuse else None))
+    if not reuse:
+      return first, second, None, summary['test_return']
+    new_program, summary = timed(lambda: run(os.path.join(workdirs, 'c')))
+  return first, second, new_program, summary['test_return']
 
 
 def one_repeat(args: argparse.Namespace) -> None:
@@ -113,16 +128,17 @@ def one_repeat(args: argparse.Namespace) -> None:
 
 def profile_second_run() -> None:
   """cProfile of jaxlab's one-seed runs after the compilation cache is filled: the loop's parts, lowering,
-  the cache, evaluation, checkpoints, the curve. Two runs are profiled: the `percall` columns are one run's."""
+  the cache, evaluation, checkpoints, the curve. Two runs of new programs (as two `launch.py` would) are profiled:
+  the `percall` columns are one run's."""
   import cProfile
   import pstats
   from jaxlab import parallel
   with tempfile.TemporaryDirectory() as cache:
     parallel.enable_compilation_cache(cache)
-    our_times(1)  # compiles into the cache, then runs again under the profiler below
+    our_times(1, reuse=False)  # compiles into the cache, then runs again under the profiler below
     profile = cProfile.Profile()
-    profile.runcall(our_times, 1)
-  pattern = (r'jaxlab/(train|checkpoint|curves)\.py:\d+\((train|_build|_restore_newest|_init_state|loop|flush|_evaluate_and_log|'
+    profile.runcall(our_times, 1, reuse=False)
+  pattern = (r'jaxlab/(train|checkpoint|curves)\.py:\d+\((train|build|_restore_newest|init_state|loop|flush|_evaluate_and_log|'
              r'save|_summary|write)\)|pjit\.py:\d+\(_pjit_lower\)|compile_or_get_cached')
   pstats.Stats(profile).sort_stats('cumulative').print_stats(pattern)
 
@@ -180,12 +196,12 @@ def print_call_costs(repeats: int) -> None:
   from jaxlab import train
   config = config_lib.load(os.path.join(ROOT, 'configs', 'gymnax', 'ppo.py'))
   config_lib.set_value(config, 'train.steps_per_call', config.train.num_steps)
-  program = train._build(config)
+  program = train.build(config)
   batch = next(train._device_batches(program, 0, config.train))
   plans = {'1 x 976': [976], '2 x 488': [488] * 2, '8 x 122': [122] * 8, '10 (9 x 100 + 76)': [100] * 9 + [76]}
 
   def run(lengths):
-    state, totals = train._init_state(program), program.zero_totals()
+    state, totals = program.init_state(), program.zero_totals()
     jax.block_until_ready(state)
     began = time.perf_counter()
     for length in lengths:
@@ -234,17 +250,18 @@ def main() -> None:
     # jaxlib 0.10's batched CPU QR can deadlock (PureJaxRL's vmapped init batches it): a hung repeat fails.
     out = subprocess.run(command + (['--reverse'] if repeat % 2 else []), capture_output=True, text=True, check=True,
                          timeout=3600)
-    for name, seeds, first, second, returns in json.loads(out.stdout.split('ROWS')[1]):
-      rows.setdefault((name, seeds), []).append((first, second))
-      print(f'repeat {repeat}: {name}, {seeds} seeds: first {first:.1f} s, second {second:.1f} s, return {returns:.1f}',
-            flush=True)
+    for name, seeds, *seconds, returns in json.loads(out.stdout.split('ROWS')[1]):
+      rows.setdefault((name, seeds), []).append(seconds)
+      shown = ', '.join(f'{what} {s:.1f} s' for what, s in zip(('first', 'second', 'new program'), seconds) if s)
+      print(f'repeat {repeat}: {name}, {seeds} seeds: {shown}, return {returns:.1f}', flush=True)
   median = lambda name, seeds, i: statistics.median(r[i] for r in rows[(name, seeds)])
-  print('\n| seeds | PureJaxRL first / second call | jaxlab first / second run | ratio first / second |')
+  print('\n| seeds | PureJaxRL first / second call | jaxlab first / second run / new program '
+        '| ratio first / second / new program to second call |')
   print('|---|---|---|---|')
   for seeds in sorted({1, args.seeds}):
-    peer, ours = [median('purejaxrl', seeds, i) for i in (0, 1)], [median('jaxlab', seeds, i) for i in (0, 1)]
-    print(f'| {seeds} | {peer[0]:.1f} / {peer[1]:.1f} s | {ours[0]:.1f} / {ours[1]:.1f} s | '
-          f'{ours[0] / peer[0]:.2f} / {ours[1] / peer[1]:.2f} |')
+    peer, ours = [median('purejaxrl', seeds, i) for i in (0, 1)], [median('jaxlab', seeds, i) for i in (0, 1, 2)]
+    print(f'| {seeds} | {peer[0]:.1f} / {peer[1]:.1f} s | {ours[0]:.1f} / {ours[1]:.1f} / {ours[2]:.1f} s | '
+          f'{ours[0] / peer[0]:.2f} / {ours[1] / peer[1]:.2f} / {ours[2] / peer[1]:.2f} |')
 
 
 if __name__ == '__main__':

@@ -136,9 +136,14 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 
 
 @dataclasses.dataclass
-class _Program:
-  """What a run computes with: its data, its task under jit with explicit shardings, its layout."""
+class Program:
+  """What a run computes with: its data, its task under jit with explicit shardings, its layout.
 
+  `train(config, workdir, program=build(config))` runs it; passing the same program to several runs
+  of one config in a process reuses its traced and compiled programs (no tracing, lowering or cache read).
+  """
+
+  config_json: str  # the config it was built from
   source: Any
   task: Any
   mesh: Any
@@ -151,12 +156,22 @@ class _Program:
   train_batch_sharding: Any
   call_batch_sharding: Any  # of what one call of train_step takes: one batch, or a stack of them
   batches_per_call: int  # > 1: train_step takes that many batches stacked (train.steps_per_call)
+  init: Callable  # (rng, example) -> TrainState, laid out by state_sharding
   zero_totals: Callable
   train_step: Callable  # (state, totals, batch, active, count) -> (state, totals), `count` steps in one call
   eval_step: Callable
   stacked_eval_step: Callable  # for evaluation batches with a replica axis (ReplicatedSource.per_replica_splits)
   flops_per_step: float | None  # model FLOPs of one training step, where the task counts them
   peak_flops: float | None  # of all devices together, where the chip is known
+
+  def for_run(self, config: ml_collections.ConfigDict, workdir: str) -> Program:
+    """This program with the data source of a run of `config` in `workdir`; its config must be the one built."""
+    config_lib.require(config.to_json() == self.config_json,
+                       'the program passed to train was built from a different config; build one for this config')
+    return dataclasses.replace(self, source=_sources(config, workdir)[1])
+
+  def init_state(self) -> TrainState:
+    return self.init(self.rng, self.example)
 
   def summarize(self, sums: dict[str, Any]) -> dict[str, Any]:
     """Evaluation sums -> metrics: the task's own rule (perplexity...) where it has one."""
@@ -197,9 +212,16 @@ def _peak_flops(config: ml_collections.ConfigDict) -> float | None:
   return per_device * jax.device_count() if per_device else None
 
 
-def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Program:
+def _sources(config: ml_collections.ConfigDict, workdir: str | None) -> tuple[Any, Any]:
+  """(replica 0's data source, the run's: every replica's stacked where num_replicas > 1)."""
+  base = data.make_source(replicas.base_data(config), config.seed, workdir)
+  return base, replicas.replicate(config, base, workdir) if config.num_replicas > 1 else base
+
+
+def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Program:
+  """The program of a run of `config`; `workdir`: where its data source keeps what resuming reuses."""
   mesh = parallel.make_mesh(config.mesh)
-  source = data.make_source(replicas.base_data(config), config.seed, workdir)
+  source, run_source = _sources(config, workdir)
   _check_batch_sizes(config, mesh, source)
   config_lib.require(not config.train.early_stopping_metric or 'validation' in source.eval_splits,
                      'train.early_stopping_metric needs a validation split: set data.validation_size > 0')
@@ -218,7 +240,6 @@ def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Pr
   rng = jax.random.PRNGKey(config.seed)
   per_replica = config.num_replicas > 1
   if per_replica:
-    source = replicas.replicate(config, source, workdir)
     task = replicas.ReplicatedTask(task, config.num_replicas, full_batch)
     rng = replicas.init_keys(config.seed, config.num_replicas)
     train_batch_sharding = batch_sharding if full_batch else parallel.replica_batch_sharding(mesh)
@@ -234,10 +255,12 @@ def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Pr
   batches_per_call = 1 if full_batch else config.train.steps_per_call
   call_batch_sharding = parallel.stacked(train_batch_sharding) if batches_per_call > 1 else train_batch_sharding
   steps = _multi_step(_freezing(_accumulating(task.train_step)), config.train.steps_per_call, batches_per_call > 1)
-  return _Program(
-      source=source, task=task, mesh=mesh, per_replica=per_replica, rng=rng, example=example, abstract=abstract,
+  return Program(
+      config_json=config.to_json(), source=run_source, task=task, mesh=mesh, per_replica=per_replica, rng=rng,
+      example=example, abstract=abstract,
       state_sharding=state_sharding, batch_sharding=batch_sharding, train_batch_sharding=train_batch_sharding,
       call_batch_sharding=call_batch_sharding, batches_per_call=batches_per_call,
+      init=jax.jit(task.init, out_shardings=state_sharding),
       zero_totals=jax.jit(functools.partial(_zero_totals, abstract_metrics), out_shardings=totals_sharding),
       train_step=jax.jit(steps, in_shardings=(state_sharding, totals_sharding, call_batch_sharding, replicated,
                                               replicated),
@@ -250,14 +273,14 @@ def _build(config: ml_collections.ConfigDict, workdir: str | None = None) -> _Pr
 
 def compiled_memory(config: ml_collections.ConfigDict) -> Any:
   """XLA's memory analysis of the compiled training step (per device): arguments, outputs, temporaries."""
-  program = _build(config)
+  program = build(config)
   state = checkpoint.abstract_with_shardings(program.abstract, program.state_sharding)
   batch = next(_device_batches(program, 0, config.train))
   totals = jax.eval_shape(program.zero_totals)
   return program.train_step.lower(state, totals, batch, None, 1).compile().memory_analysis()
 
 
-def _restore_newest(program: _Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
+def _restore_newest(program: Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
                     workdir: str) -> tuple[int, TrainState] | None:
   """(step, state) of the newest intact checkpoint whose own config is this run's; None if there is none."""
   def accept(step: int, saved: dict[str, Any]) -> None:
@@ -267,15 +290,11 @@ def _restore_newest(program: _Program, ckpt: checkpoint.Checkpointer, config: ml
   return None if found is None else (found[0], found[1])
 
 
-def _init_state(program: _Program) -> TrainState:
-  return jax.jit(program.task.init, out_shardings=program.state_sharding)(program.rng, program.example)
-
-
 CHECKPOINT_DIRS = {'newest': 'checkpoints', 'best': early_stopping.BEST_DIR}  # which -> folder of the workdir
 
 
 def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str = 'newest',
-                       step: int = 0) -> tuple[int, _Program, TrainState]:
+                       step: int = 0) -> tuple[int, Program, TrainState]:
   """(step, program, state) of `workdir`'s newest intact checkpoint (`which='best'`: of its early-stopping
   best; `step` > 0: that step), built under `config`.
 
@@ -287,7 +306,7 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: s
   if not directory.exists():
     raise JaxlabError(f'{workdir} has no checkpoint to load (no {CHECKPOINT_DIRS[which]}/ folder' +
                       ('; the best one is kept only with train.early_stopping_metric)' if which == 'best' else ')'))
-  program = _build(config, workdir)
+  program = build(config, workdir)
   ckpt = checkpoint.Checkpointer(str(directory), keep=1_000_000)  # never deletes: it only reads
   try:
     found = _restore_step(program, ckpt, config, workdir, step) if step else _restore_newest(
@@ -299,7 +318,7 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: s
   return found[0], program, found[1]
 
 
-def _restore_step(program: _Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
+def _restore_step(program: Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
                   workdir: str, step: int) -> tuple[int, TrainState]:
   steps = ckpt.all_steps()
   config_lib.require(step in steps, f'{ckpt.directory} has no checkpoint of step {step}; it has '
@@ -327,7 +346,7 @@ def _one_step_in_flight() -> bool:
   return jax.default_backend() == 'cpu' and jax.local_device_count() > 1
 
 
-def _evaluator(program: _Program, eval_sums: dict[str, Any],
+def _evaluator(program: Program, eval_sums: dict[str, Any],
                max_batches: int = 0) -> Callable[[TrainState], dict[str, dict[str, float]]]:
   """evaluate(state) -> {split: metrics} over the first `max_batches` batches of each split (0: all);
   each split's raw sums are kept in `eval_sums` for the final report."""
@@ -348,7 +367,7 @@ def _evaluator(program: _Program, eval_sums: dict[str, Any],
   return evaluate
 
 
-def _compile_evaluation(program: _Program, states: Any) -> None:
+def _compile_evaluation(program: Program, states: Any) -> None:
   """Compiles the evaluation step for the first batch of each split (all of a split's batches have its shape)."""
   for split in program.source.eval_splits:
     if split in getattr(program.source, 'per_replica_splits', ()):
@@ -359,7 +378,7 @@ def _compile_evaluation(program: _Program, states: Any) -> None:
       compile_ahead.compile_for(eval_step, states, compile_ahead.abstract(parallel.to_global(batch, sharding)))
 
 
-def _device_batches(program: _Program, start: int, t: ml_collections.ConfigDict) -> Iterator[Any]:
+def _device_batches(program: Program, start: int, t: ml_collections.ConfigDict) -> Iterator[Any]:
   """What each call of the training step takes from `start` on: a batch, or a stack of them."""
   batches = program.source.train_batches(start)
   if program.batches_per_call > 1:
@@ -372,11 +391,12 @@ def _device_batches(program: _Program, start: int, t: ml_collections.ConfigDict)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = False,
-          hooks: Sequence[Hook] = ()) -> dict[str, Any]:
+          hooks: Sequence[Hook] = (), program: Program | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its newest intact checkpoint; returns the summary.
 
   The workdir is held for the whole run (a second run on it is refused). `hooks` are called as
   hook(step, state) after every call of the training step: every step unless train.steps_per_call > 1.
+  `program`: `build(config)`'s, to run several times in one process without tracing or compiling again.
   """
   _validate(config)
   trackers.check(config)
@@ -384,7 +404,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
   lock = None
   try:
     lock = config_lib.prepare_workdir(workdir, config, restart=restart)
-    return _Run(config, workdir, _build(config, workdir)).run(hooks)
+    program = build(config, workdir) if program is None else program.for_run(config, workdir)
+    return _Run(config, workdir, program).run(hooks)
   finally:
     if lock is not None:
       lock.release()
@@ -395,7 +416,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
 class _Run:
   """One call of `train`: the state, its checkpoints and logs, and the loop over steps."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, program: _Program):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, program: Program):
     self.config, self.workdir, self.program = config, workdir, program
     self.ckpt = checkpoint.Checkpointer(str(epath.Path(workdir) / 'checkpoints'), config.train.keep_checkpoints)
     self.ahead, self.best = compile_ahead.CompileAhead(), None
@@ -430,9 +451,9 @@ class _Run:
     self.batches = itertools.chain([first], batches)
     state = found[1] if found else None
     if state is None and config.init.workdir:
-      state = init_from_run.load(config, _init_state(program), self.workdir)
+      state = init_from_run.load(config, program.init_state(), self.workdir)
     self._compile_ahead(state, first)
-    self.state = _init_state(program) if state is None else state
+    self.state = program.init_state() if state is None else state
 
   def _compile_ahead(self, state: TrainState | None, first_batch: Any) -> None:
     """Queues, on the background thread, the training step (overlapping the initialisation), then the
