@@ -108,13 +108,28 @@ def test_a_truncated_or_missing_data_file_falls_back_to_the_step_before(tmp_path
   assert sorted(os.listdir(tmp_path / 'corrupt'))[0].startswith('2-')
 
 
-def test_no_intact_checkpoint_is_one_line_saying_so(tmp_path):
+def test_no_intact_checkpoint_is_one_line_saying_so_and_nothing_is_moved(tmp_path):
   directory = _saved(tmp_path / 'ckpt')
   for step in ('1', '2'):
     for path in _data_files(directory / step):
       os.remove(path)
-  with pytest.raises(checkpoint.CorruptCheckpointError, match=r'none of the 2 checkpoint\(s\) .* is intact'):
+  with pytest.raises(checkpoint.CorruptCheckpointError, match=r'none of the 2 checkpoint\(s\) .* restores'):
     _restore(directory, [])
+  assert sorted(os.listdir(directory)) == ['1', '2'] and not (tmp_path / 'corrupt').exists()
+
+
+def test_a_failure_every_checkpoint_shares_moves_none_aside(tmp_path):
+  directory = _saved(tmp_path / 'ckpt')
+  ckpt = checkpoint.Checkpointer(str(directory), keep=5, warn=lambda text: pytest.fail(text))
+  other_shape = dict(_state(), w=np.zeros((64, 95), np.float32))  # the state of a changed model, say
+  try:
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=r'none of the 2 .* restores .* nothing was moved'):
+      ckpt.restore_newest_good(other_shape, lambda step, config: None)
+  finally:
+    ckpt.close()
+  assert sorted(os.listdir(directory)) == ['1', '2'] and not (tmp_path / 'corrupt').exists()
+  step, state, _ = _restore(directory, [])  # the work is all there
+  assert step == 2 and np.array_equal(state['w'], _state(2)['w'])
 
 
 def _final_params(config, workdir):
@@ -133,7 +148,7 @@ def test_a_run_whose_newest_checkpoint_is_corrupt_resumes_from_the_one_before(tm
   capsys.readouterr()
   resumed = _final_params(config, str(workdir))
   captured = capsys.readouterr()
-  assert 'checkpoint 20' in captured.err and 'trying the one before' in captured.err
+  assert 'checkpoint 20' in captured.err and 'resumed from step 10' in captured.err
   assert 'Resuming from step 10' in captured.out
   # Steps 11-20 trained again from the intact step 10: bitwise the uninterrupted run (20 steps, CPU).
   for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(resumed), strict=True):

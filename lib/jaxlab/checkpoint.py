@@ -5,7 +5,7 @@ computed on the devices in uint32 arithmetic. Integer sums wrap identically in a
 the value does not depend on the mesh or the device count, and changing any single bit of a
 leaf changes both sums (every weight is odd). Restoring recomputes it; a mismatch, or a
 checkpoint orbax cannot read, is a CorruptCheckpointError and the loop falls back to an older
-step.
+step that restores (the failed newer ones are moved aside); if none restores, nothing is moved.
 """
 
 from __future__ import annotations
@@ -178,23 +178,28 @@ class Checkpointer:
     """(step, state, meta) of the newest checkpoint that reads back intact; None if there is none.
 
     `accept(step, config)` sees each candidate's saved config first and may raise (a run with
-    another config must not be resumed). Corrupt steps are moved aside with a warning; if every
-    one is corrupt, CorruptCheckpointError says so.
+    another config must not be resumed). Steps newer than the one restored failed to restore and are
+    moved aside with a warning. If none restores, nothing is moved (a failure every step shares, such as
+    a state of another structure or a full device, is no proof of damage) and CorruptCheckpointError says so.
     """
-    steps = sorted(self.all_steps(), reverse=True)
+    steps, failed = sorted(self.all_steps(), reverse=True), []
     for step in steps:
       try:
         config, meta = self.read_meta(step)
         accept(step, config)
         state = self.restore(step, target, meta)
       except CorruptCheckpointError as e:
-        self._warn(f'{e}; moved it aside to {self.move_aside(step)} and trying the one before')
+        failed.append(e)
         continue
+      for newer, error in zip(steps, failed):
+        self._warn(f'{error}; moved it aside to {self.move_aside(newer)} and resumed from step {step}, '
+                   'the newest that restores')
       self.last_good = step
       return step, state, meta
     if steps:
-      raise CorruptCheckpointError(f'none of the {len(steps)} checkpoint(s) in {self.directory} is intact (all moved '
-                                   f'to {epath.Path(self.directory).parent / CORRUPT_DIR}); run again to start over')
+      raise CorruptCheckpointError(
+          f'none of the {len(steps)} checkpoint(s) in {self.directory} restores (newest: {failed[0]}); nothing was '
+          f'moved. Fix the cause, or pass --restart to move the run aside and start over')
     return None
 
   def close(self) -> None:
