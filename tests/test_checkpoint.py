@@ -121,9 +121,14 @@ def test_no_intact_checkpoint_is_one_line_saying_so_and_nothing_is_moved(tmp_pat
 def test_a_failure_every_checkpoint_shares_moves_none_aside(tmp_path):
   directory = _saved(tmp_path / 'ckpt')
   ckpt = checkpoint.Checkpointer(str(directory), keep=5, warn=lambda text: pytest.fail(text))
-  other_shape = dict(_state(), w=np.zeros((64, 95), np.float32))  # the state of a changed model, say
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  # The state of a changed model, say, as train restores it: arrays of a shape and a sharding.
+  other_shape = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=device),
+                             dict(_state(), w=np.zeros((64, 95), np.float32)))
   try:
-    with pytest.raises(checkpoint.CorruptCheckpointError, match=r'none of the 2 .* restores .* nothing was moved'):
+    with pytest.raises(checkpoint.CorruptCheckpointError,
+                       match=r'none of the 2 .* restores \(newest: checkpoint 2: .*shape: \(64, 95\) is not compatible'
+                             r'.*nothing was moved'):
       ckpt.restore_newest_good(other_shape, lambda step, config: None)
   finally:
     ckpt.close()
@@ -154,6 +159,20 @@ def test_a_run_whose_newest_checkpoint_is_corrupt_resumes_from_the_one_before(tm
   for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
   assert os.listdir(workdir / 'corrupt')[0].startswith('20-')
+
+
+def test_a_run_none_of_whose_checkpoints_restores_is_refused_until_restarted(tmp_path):
+  config = tiny_config(**{'train.num_steps': 20, 'train.checkpoint_every': 10})
+  workdir = tmp_path / 'run'
+  train.train(config, str(workdir))
+  for step in ('10', '20'):
+    for path in _data_files(workdir / 'checkpoints' / step):
+      os.remove(path)
+  with pytest.raises(checkpoint.CorruptCheckpointError, match=r'none of the 2 .* nothing was moved\. Fix the cause, '
+                                                              r'or pass --restart'):
+    train.train(config, str(workdir))
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20'] and not (workdir / 'corrupt').exists()
+  assert train.train(config, str(workdir), restart=True)['steps_trained'] == 20  # the advice works
 
 
 def test_resume_compares_the_checkpoints_own_config_when_config_json_is_gone(tmp_path):

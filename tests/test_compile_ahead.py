@@ -129,7 +129,12 @@ def test_a_program_run_in_a_workdir_takes_a_data_source_of_that_workdir(tmp_path
   (tmp_path / 'run').mkdir()
   run = program.for_run(config, str(tmp_path / 'run'))
   assert text.read_vocabulary(str(tmp_path / 'run')) == run.source.vocab == program.source.vocab
-  assert run.task is program.task and run.train_step is program.train_step
+  # A workdir whose saved vocabulary is not the one the program's model was built for is refused.
+  (tmp_path / 'other').mkdir()
+  (tmp_path / 'other' / text.VOCABULARY_FILE).write_text(
+      text.Vocabulary('char', ''.join(sorted(program.source.vocab.symbols + '~'))).to_json())
+  with pytest.raises(ConfigError, match='differs from the data the program was built with'):
+    program.for_run(config, str(tmp_path / 'other'))
 
 
 def test_a_program_built_from_another_config_is_refused(tmp_path):

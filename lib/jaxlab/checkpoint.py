@@ -199,7 +199,7 @@ class Checkpointer:
     if steps:
       raise CorruptCheckpointError(
           f'none of the {len(steps)} checkpoint(s) in {self.directory} restores (newest: {failed[0]}); nothing was '
-          f'moved. Fix the cause, or pass --restart to move the run aside and start over')
+          'moved')
     return None
 
   def close(self) -> None:

@@ -141,9 +141,12 @@ class Program:
 
   `train(config, workdir, program=build(config))` runs it; passing the same program to several runs
   of one config in a process reuses its traced and compiled programs (no tracing, lowering or cache read).
+  The programs close over what was read when it was built: the data's classes and vocabulary (checked
+  against each run's data) and a distillation teacher (not checked: build again after changing it).
   """
 
   config_json: str  # the config it was built from
+  data_facts: Any  # what the task took from its data source (_data_facts)
   source: Any
   task: Any
   mesh: Any
@@ -164,11 +167,18 @@ class Program:
   flops_per_step: float | None  # model FLOPs of one training step, where the task counts them
   peak_flops: float | None  # of all devices together, where the chip is known
 
-  def for_run(self, config: ml_collections.ConfigDict, workdir: str) -> Program:
-    """This program with the data source of a run of `config` in `workdir`; its config must be the one built."""
-    config_lib.require(config.to_json() == self.config_json,
+  def check_config(self, config: ml_collections.ConfigDict) -> None:
+    config_lib.require(config_lib.to_dict(config) == json.loads(self.config_json),
                        'the program passed to train was built from a different config; build one for this config')
-    return dataclasses.replace(self, source=_sources(config, workdir)[1])
+
+  def for_run(self, config: ml_collections.ConfigDict, workdir: str) -> Program:
+    """This program with the data source of a run of `config` in `workdir`, whose data must be the one built with."""
+    self.check_config(config)
+    base, source = _sources(config, workdir)
+    config_lib.require(_data_facts(base) == self.data_facts,
+                       f'the data of a run in {workdir} differs from the data the program was built with (shapes, '
+                       f'classes or vocabulary); build a program for it: train.build(config, workdir)')
+    return dataclasses.replace(self, source=source)
 
   def init_state(self) -> TrainState:
     return self.init(self.rng, self.example)
@@ -218,8 +228,15 @@ def _sources(config: ml_collections.ConfigDict, workdir: str | None) -> tuple[An
   return base, replicas.replicate(config, base, workdir) if config.num_replicas > 1 else base
 
 
+def _data_facts(source: Any) -> tuple[Any, ...]:
+  """What a task takes from its data source: the example batch's shapes and dtypes, the classes, the vocabulary."""
+  shapes = jax.tree.map(lambda x: (np.shape(x), np.asarray(x).dtype.name), source.example_batch())
+  return shapes, getattr(source, 'num_classes', None), getattr(source, 'vocab', None)
+
+
 def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Program:
   """The program of a run of `config`; `workdir`: where its data source keeps what resuming reuses."""
+  _validate(config)
   mesh = parallel.make_mesh(config.mesh)
   source, run_source = _sources(config, workdir)
   _check_batch_sizes(config, mesh, source)
@@ -256,8 +273,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Prog
   call_batch_sharding = parallel.stacked(train_batch_sharding) if batches_per_call > 1 else train_batch_sharding
   steps = _multi_step(_freezing(_accumulating(task.train_step)), config.train.steps_per_call, batches_per_call > 1)
   return Program(
-      config_json=config.to_json(), source=run_source, task=task, mesh=mesh, per_replica=per_replica, rng=rng,
-      example=example, abstract=abstract,
+      config_json=config.to_json(), data_facts=_data_facts(source), source=run_source, task=task, mesh=mesh,
+      per_replica=per_replica, rng=rng, example=example, abstract=abstract,
       state_sharding=state_sharding, batch_sharding=batch_sharding, train_batch_sharding=train_batch_sharding,
       call_batch_sharding=call_batch_sharding, batches_per_call=batches_per_call,
       init=jax.jit(task.init, out_shardings=state_sharding),
@@ -400,6 +417,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, restart: bool = Fa
   """
   _validate(config)
   trackers.check(config)
+  if program is not None:
+    program.check_config(config)  # before the workdir is taken
   installed = jax.process_count() == 1 and stop.install()
   lock = None
   try:
@@ -442,7 +461,11 @@ class _Run:
     """The step and state to start from (the newest checkpoint's, else initialised while the training
     step compiles), the batches from there on, and the run's programs compiling ahead."""
     program, config = self.program, self.config
-    found = _restore_newest(program, self.ckpt, config, self.workdir)
+    try:
+      found = _restore_newest(program, self.ckpt, config, self.workdir)
+    except checkpoint.CorruptCheckpointError as e:
+      raise checkpoint.CorruptCheckpointError(f'{e}. Fix the cause, or pass --restart to move the run aside and '
+                                              'start over') from None
     self.start = self.step = found[0] if found else 0
     self.best = early_stopping.from_config(self.workdir, config)
     self.active = self._active()
