@@ -18,14 +18,15 @@ AHEAD_THREAD = 'jaxlab-compile-ahead'
 
 @contextlib.contextmanager
 def compiles():
-  """Yields a list that collects (what, program name, thread name) for each trace and XLA compile (or cache
-  read) in the block; `what` is 'trace' or 'compile'."""
+  """Yields a list that collects (what, program name, thread name) for each trace, lowering and XLA compile
+  (or cache read) in the block; `what` is 'trace', 'lower' or 'compile'."""
   found = []
 
   class Collect(logging.Handler):
     def emit(self, record):
       message = record.getMessage()
       for what, pattern in (('trace', r'Finished tracing (\S+) for jit'),
+                            ('lower', r'Finished jaxpr to MLIR module conversion jit\(([^)]+)\)'),
                             ('compile', r'Finished XLA compilation of jit\(([^)]+)\)')):
         match = re.match(pattern, message)
         if match:
@@ -92,7 +93,7 @@ def test_calls_with_python_ints_use_the_program_compiled_for_python_int():
     compile_ahead.compile_for(jitted, compile_ahead.abstract(x), compile_ahead.PYTHON_INT)
     assert jitted(x, 5).tolist() == [5.0, 5.0, 5.0]
     assert jitted(x, 7).tolist() == [7.0, 7.0, 7.0]
-  assert [(what, name) for what, name, _ in found] == [('trace', 'scaled'), ('compile', 'scaled')]
+  assert [(what, name) for what, name, _ in found] == [('trace', 'scaled'), ('lower', 'scaled'), ('compile', 'scaled')]
 
 
 def test_a_failing_job_is_left_for_the_call_to_raise():

@@ -75,7 +75,8 @@ def timed(fn) -> tuple[float, object]:
 
 
 def peer_times(ppo, seeds: int) -> tuple[float, float, None, float]:
-  """(first call, second call) seconds of one jitted train, and the mean final return of its last update."""
+  """(first call, second call, None: no third run) seconds of one jitted train, and the mean final return of its
+  last update."""
   train = peer_train(ppo)
   keys = jax.random.split(jax.random.PRNGKey(30), seeds)
   fn = jax.jit(jax.vmap(train)) if seeds > 1 else jax.jit(lambda k: train(k[0]))
@@ -138,8 +139,8 @@ def profile_second_run() -> None:
     our_times(1, reuse=False)  # compiles into the cache, then runs again under the profiler below
     profile = cProfile.Profile()
     profile.runcall(our_times, 1, reuse=False)
-  pattern = (r'jaxlab/(train|checkpoint|curves)\.py:\d+\((train|build|_restore_newest|init_state|loop|flush|_evaluate_and_log|'
-             r'save|_summary|write)\)|pjit\.py:\d+\(_pjit_lower\)|compile_or_get_cached')
+  pattern = (r'jaxlab/(train|checkpoint|curves)\.py:\d+\((train|build|_restore_newest|init_state|loop|flush|'
+             r'_evaluate_and_log|save|_summary|write)\)|pjit\.py:\d+\(_pjit_lower\)|compile_or_get_cached')
   pstats.Stats(profile).sort_stats('cumulative').print_stats(pattern)
 
 
