@@ -151,9 +151,12 @@ def test_a_run_whose_newest_checkpoint_is_corrupt_resumes_from_the_one_before(tm
     with open(path, 'r+b') as f:
       f.truncate(10)
   capsys.readouterr()
+  step, _, _ = train.restore_checkpoint(config, str(workdir))  # a reader (evaluate, attack) moves nothing
+  assert step == 10 and 'left it; reading step 10' in capsys.readouterr().err
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20'] and not (workdir / 'corrupt').exists()
   resumed = _final_params(config, str(workdir))
   captured = capsys.readouterr()
-  assert 'checkpoint 20' in captured.err and 'resumed from step 10' in captured.err
+  assert 'checkpoint 20' in captured.err and 'resuming from step 10' in captured.err
   assert 'Resuming from step 10' in captured.out
   # Steps 11-20 trained again from the intact step 10: bitwise the uninterrupted run (20 steps, CPU).
   for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(resumed), strict=True):

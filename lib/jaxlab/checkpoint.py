@@ -174,13 +174,15 @@ class Checkpointer:
     self._manager.reload()
     return str(aside)
 
-  def restore_newest_good(self, target: Any, accept: Callable[[int, dict[str, Any]], None]) -> tuple[int, Any, dict] | None:
+  def restore_newest_good(self, target: Any, accept: Callable[[int, dict[str, Any]], None],
+                          move_aside: bool = True) -> tuple[int, Any, dict] | None:
     """(step, state, meta) of the newest checkpoint that reads back intact; None if there is none.
 
     `accept(step, config)` sees each candidate's saved config first and may raise (a run with
-    another config must not be resumed). Steps newer than the one restored failed to restore and are
-    moved aside with a warning. If none restores, nothing is moved (a failure every step shares, such as
-    a state of another structure or a full device, is no proof of damage) and CorruptCheckpointError says so.
+    another config must not be resumed). Steps newer than the one restored failed to restore: a
+    warning names each, and they are moved aside (`move_aside`: a run resuming; a reader leaves them).
+    If none restores, nothing is moved (a failure every step shares, such as a state of another
+    structure or a full device, is no proof of damage) and CorruptCheckpointError says so.
     """
     steps, failed = sorted(self.all_steps(), reverse=True), []
     for step in steps:
@@ -192,8 +194,8 @@ class Checkpointer:
         failed.append(e)
         continue
       for newer, error in zip(steps, failed):
-        self._warn(f'{error}; moved it aside to {self.move_aside(newer)} and resumed from step {step}, '
-                   'the newest that restores')
+        done = f'moved it aside to {self.move_aside(newer)}; resuming from' if move_aside else 'left it; reading'
+        self._warn(f'{error}; {done} step {step}, the newest that restores')
       self.last_good = step
       return step, state, meta
     if steps:

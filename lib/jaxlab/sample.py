@@ -26,7 +26,7 @@ def _restore_state(workdir: str, task: Any, example: Any, which: str) -> tuple[i
   target = checkpoint.abstract_with_shardings(abstract, jax.tree.map(lambda _: device, abstract))
   ckpt = checkpoint.Checkpointer(str(directory), keep=1_000_000)
   try:
-    found = ckpt.restore_newest_good(target, lambda step, saved: None)
+    found = ckpt.restore_newest_good(target, lambda step, saved: None, move_aside=False)
   finally:
     ckpt.close()
   if found is None:

@@ -298,12 +298,14 @@ def compiled_memory(config: ml_collections.ConfigDict) -> Any:
 
 
 def _restore_newest(program: Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
-                    workdir: str) -> tuple[int, TrainState] | None:
-  """(step, state) of the newest intact checkpoint whose own config is this run's; None if there is none."""
+                    workdir: str, resuming: bool) -> tuple[int, TrainState] | None:
+  """(step, state) of the newest intact checkpoint whose own config is this run's; None if there is none.
+  Newer ones that fail to restore are moved aside when `resuming` (a reader leaves them)."""
   def accept(step: int, saved: dict[str, Any]) -> None:
     config_lib.check_same(saved, config, f'the checkpoint of step {step} in {workdir} was saved by a different config')
 
-  found = ckpt.restore_newest_good(checkpoint.abstract_with_shardings(program.abstract, program.state_sharding), accept)
+  target = checkpoint.abstract_with_shardings(program.abstract, program.state_sharding)
+  found = ckpt.restore_newest_good(target, accept, move_aside=resuming)
   return None if found is None else (found[0], found[1])
 
 
@@ -327,7 +329,7 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: s
   ckpt = checkpoint.Checkpointer(str(directory), keep=1_000_000)  # never deletes: it only reads
   try:
     found = _restore_step(program, ckpt, config, workdir, step) if step else _restore_newest(
-        program, ckpt, config, workdir)
+        program, ckpt, config, workdir, resuming=False)
   finally:
     ckpt.close()
   if found is None:
@@ -462,7 +464,7 @@ class _Run:
     step compiles), the batches from there on, and the run's programs compiling ahead."""
     program, config = self.program, self.config
     try:
-      found = _restore_newest(program, self.ckpt, config, self.workdir)
+      found = _restore_newest(program, self.ckpt, config, self.workdir, resuming=True)
     except checkpoint.CorruptCheckpointError as e:
       raise checkpoint.CorruptCheckpointError(f'{e}. Fix the cause, or pass --restart to move the run aside and '
                                               'start over') from None
