@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxlab import compile_ahead
 from jaxlab.errors import JaxlabError
 
 CORRUPT_DIR = 'corrupt'  # <checkpoints>/../corrupt/<step>-<time>: steps that failed verification
@@ -67,7 +68,7 @@ def _checksums(tree: Any) -> list[jax.Array]:
 
 def compile_checksums(tree: Any) -> None:
   """Compiles `checksum`'s program for trees of `tree`'s abstract leaves (see jaxlab.compile_ahead)."""
-  _checksums.lower(tree).compile()
+  compile_ahead.compile_for(_checksums, tree)
 
 
 def checksum(tree: Any) -> list[list[int]]:

@@ -172,8 +172,8 @@ class Program:
                        'the program passed to train was built from a different config; build one for this config')
 
   def for_run(self, config: ml_collections.ConfigDict, workdir: str) -> Program:
-    """This program with the data source of a run of `config` in `workdir`, whose data must be the one built with."""
-    self.check_config(config)
+    """This program with the data source of a run of `config` (checked by `check_config` first) in `workdir`,
+    whose data must be the one built with."""
     base, source = _sources(config, workdir)
     config_lib.require(_data_facts(base) == self.data_facts,
                        f'the data of a run in {workdir} differs from the data the program was built with (shapes, '
