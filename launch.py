@@ -30,7 +30,7 @@ import re
 import sys
 import traceback
 
-from jaxlab import stop
+from jaxlab.run import stop
 
 PARENT_COMMANDS = ('sweep', 'search', 'results', 'tpu', 'slurm')  # they start runs and handle signals themselves
 if __name__ == '__main__' and sys.argv[1:2] not in [[c] for c in PARENT_COMMANDS]:
@@ -143,7 +143,7 @@ def _unknown_key_message(error: str, argv: list[str]) -> str:
 def _workdir(prefix: str = '') -> str:
   """--workdir as given (an empty one is refused), else runs/<prefix><config dir>-<config name>."""
   from jaxlab.errors import ConfigError
-  from jaxlab.remote import default_workdir
+  from jaxlab.launch.remote import default_workdir
   if _WORKDIR.value is None:
     return default_workdir(config_flags.get_config_filename(flags.FLAGS['config']), prefix)
   if not _WORKDIR.value.strip():
@@ -178,7 +178,7 @@ def main(argv: list[str]) -> None:
 
 def _run(command: str) -> None:
   """train or bench in this process (one process of a multi-process job, if flags or the TPU VM say so)."""
-  from jaxlab import distributed
+  from jaxlab.parallel import distributed
   settings = distributed.resolve(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if settings is not None:
     stop.uninstall()  # jax.distributed relays SIGTERM to every process of the job itself
@@ -188,7 +188,7 @@ def _run(command: str) -> None:
   parallel.enable_compilation_cache()
   workdir = _workdir('cv-' if command == 'cv' else '') if command in ('train', 'cv') else None
   if command == 'bench':
-    from jaxlab import bench
+    from jaxlab.evaluators import bench
     if _BENCH_AGAINST.value:
       bench.run_against(config, _BENCH_AGAINST.value, steps=_BENCH_STEPS.value, repeats=_BENCH_REPEATS.value)
     elif _BENCH_REPLICAS.value:
@@ -197,12 +197,13 @@ def _run(command: str) -> None:
       bench.run(config, steps=_BENCH_STEPS.value, repeats=_BENCH_REPEATS.value)
     return
   import jax
-  from jaxlab import train
+
+  from jaxlab.run import train
   lead = jax.process_index() == 0  # every process of a multi-process job would print the same
   if lead:
     print(config, flush=True)
   if command == 'cv':
-    from jaxlab import cv
+    from jaxlab.evaluators import cv
     report = cv.run(config, _FOLDS.value, workdir, restart=_RESTART.value)
     if lead:
       print(f'{report["folds"]}-fold cross-validation, step {report["step"]}:')
@@ -215,8 +216,9 @@ def _run(command: str) -> None:
 
 
 def _sample() -> None:
-  from jaxlab import parallel, sample
+  from jaxlab import parallel
   from jaxlab.errors import ConfigError
+  from jaxlab.evaluators import sample
   if not _WORKDIR.value:
     raise ConfigError('sample needs --workdir, the run to sample from')
   parallel.enable_compilation_cache()
@@ -232,8 +234,9 @@ def _sample() -> None:
 
 
 def _attack() -> None:
-  from jaxlab import parallel, robustness
+  from jaxlab import parallel
   from jaxlab.errors import ConfigError
+  from jaxlab.evaluators import robustness
   if not _WORKDIR.value:
     raise ConfigError('attack needs --workdir, the classification run to attack')
   parallel.enable_compilation_cache()
@@ -247,8 +250,9 @@ def _attack() -> None:
 
 
 def _explain() -> None:
-  from jaxlab import explain, parallel
+  from jaxlab import parallel
   from jaxlab.errors import ConfigError
+  from jaxlab.evaluators import explain
   if not _WORKDIR.value:
     raise ConfigError('explain needs --workdir, the classification run to explain')
   parallel.enable_compilation_cache()
@@ -262,7 +266,7 @@ def _explain() -> None:
 
 
 def _sweep_or_results(command: str, argv: list[str]) -> None:
-  from jaxlab import results, search, sweep
+  from jaxlab.launch import results, search, sweep
   stop.uninstall()  # installed when the command came after the flags; the sweep handles signals itself
   spec = config_flags.get_config_filename(flags.FLAGS['config'])
   common = config_flags.get_override_values(flags.FLAGS['config'])
@@ -289,6 +293,6 @@ def _sweep_or_results(command: str, argv: list[str]) -> None:
 
 if __name__ == '__main__':
   if sys.argv[1:2] in (['tpu'], ['slurm']):  # their own flags; what follows `--` is passed on untouched
-    from jaxlab import slurm, tpu
+    from jaxlab.launch import slurm, tpu
     sys.exit({'tpu': tpu, 'slurm': slurm}[sys.argv[1]].main(sys.argv[2:], root=HERE))
   app.run(main, flags_parser=_parse)

@@ -93,7 +93,7 @@ TRAIN_ON_DEVICES = '''
 import json, sys, jax, numpy as np
 sys.path.insert(0, {tests!r})
 {setup}
-from jaxlab import train
+from jaxlab.run import train
 assert jax.device_count() == {devices}, jax.devices()
 last = config.train.num_steps
 summary = train.train(config, {workdir!r}, hooks=[lambda step, state: step == last and np.savez(
@@ -106,6 +106,7 @@ def train_on_devices(tmp_path, devices: int, setup: str) -> tuple[list, dict]:
   """Trains the `config` that the code `setup` defines (it may import from tests/) in a fresh process with
   `devices` simulated CPU devices: (its parameters at the last step as numpy arrays, its summary)."""
   import json
+
   import numpy as np
   out, workdir = str(tmp_path / f'{devices}.npz'), str(tmp_path / f'run-{devices}')
   env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAX_PLATFORMS': 'cpu'}

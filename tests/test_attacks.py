@@ -5,10 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_config
-from jaxlab import attacks, train
+
 from jaxlab.errors import ConfigError
+from jaxlab.run import train
+from jaxlab.tasks import attacks
 
 SPACE = attacks.PixelSpace(mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.5), low=0.0, high=1.0)
 
@@ -103,6 +104,7 @@ def trained_run(tmp_path_factory):
 
 def test_attack_command_evaluates_a_finished_run_and_writes_json_and_png(trained_run):
   import json
+
   from conftest import launch
   workdir, summary = trained_run
   proc = launch('attack', f'--workdir={workdir}', '--eps=0.2,0.6', '--pgd_steps=3', timeout=180)

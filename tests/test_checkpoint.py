@@ -9,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_config
-from jaxlab import checkpoint, train
+
 from jaxlab.errors import ConfigError
+from jaxlab.run import checkpoint, train
+from jaxlab.run import program as program_lib
 
 
 def _state(seed=0):
@@ -151,7 +152,7 @@ def test_a_run_whose_newest_checkpoint_is_corrupt_resumes_from_the_one_before(tm
     with open(path, 'r+b') as f:
       f.truncate(10)
   capsys.readouterr()
-  step, _, _ = train.restore_checkpoint(config, str(workdir))  # a reader (evaluate, attack) moves nothing
+  step, _, _ = program_lib.restore_checkpoint(config, str(workdir))  # a reader (evaluate, attack) moves nothing
   assert step == 10 and 'left it; reading step 10' in capsys.readouterr().err
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20'] and not (workdir / 'corrupt').exists()
   resumed = _final_params(config, str(workdir))
@@ -207,7 +208,7 @@ DISK_FULL = '''
 import os, resource, sys, time
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
-from jaxlab import train
+from jaxlab.run import train
 from jaxlab.errors import JaxlabError
 workdir = {workdir!r}
 
@@ -240,6 +241,7 @@ except JaxlabError as e:
 def test_a_failed_background_save_is_reported_at_once_with_the_last_good_step(tmp_path):
   import subprocess
   import sys
+
   from conftest import ROOT
   workdir = str(tmp_path / 'run')
   code = DISK_FULL.format(tests=os.path.join(ROOT, 'tests'), workdir=workdir)
@@ -257,7 +259,7 @@ def test_a_failed_background_save_is_reported_at_once_with_the_last_good_step(tm
 
 
 def test_save_errors_keep_the_os_cause_of_a_long_tensorstore_message():
-  from jaxlab.checkpoint import _first_line
+  from jaxlab.run.checkpoint import _first_line
   spec = '{"context":{"cache_pool":{}},"driver":"zarr","kvstore":{"driver":"file","path":"/w/checkpoints/20/"}}'
   error = ValueError(f'OUT_OF_RANGE: Error opening "zarr" driver: Error writing local file "/w/{"d" * 200}/.zarray": '
                      f"Failed to write 101 bytes to file 3: File too large [os_error_code='27'] "

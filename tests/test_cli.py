@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import LAUNCH, ROOT
 
 FAST = ['--config.data.num_samples=1000', '--config.data.batch_size=40', '--config.data.eval_batch_size=200',

@@ -6,12 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import sigterm_at, tiny_config, tiny_lm_config
-from jaxlab import compile_ahead, train
+from test_rl import tiny_config as rl_config
+
 from jaxlab.data import text
 from jaxlab.errors import ConfigError
-from test_rl import tiny_config as rl_config
+from jaxlab.run import compile_ahead, train
+from jaxlab.run import program as program_lib
 
 AHEAD_THREAD = 'jaxlab-compile-ahead'
 
@@ -105,13 +106,13 @@ def test_a_failing_job_is_left_for_the_call_to_raise():
 
 
 def _final_state(config, workdir):
-  return jax.device_get(train.restore_checkpoint(config, str(workdir))[2])
+  return jax.device_get(program_lib.restore_checkpoint(config, str(workdir))[2])
 
 
 @pytest.mark.parametrize('make_config', [cnn, ppo])
 def test_a_program_run_again_compiles_nothing_and_trains_resumes_and_ends_as_a_new_program(tmp_path, make_config):
   config = make_config(2)
-  program = train.build(config)
+  program = program_lib.build(config)
   train.train(config, str(tmp_path / 'first'), program=program)
   with compiles() as found:
     preempted = train.train(config, str(tmp_path / 'again'), program=program, hooks=[sigterm_at(4)])
@@ -126,7 +127,7 @@ def test_a_program_run_again_compiles_nothing_and_trains_resumes_and_ends_as_a_n
 
 def test_a_program_run_in_a_workdir_takes_a_data_source_of_that_workdir(tmp_path, corpus):
   config = tiny_lm_config(corpus)
-  program = train.build(config)  # no workdir: its text source saved no vocabulary
+  program = program_lib.build(config)  # no workdir: its text source saved no vocabulary
   (tmp_path / 'run').mkdir()
   run = program.for_run(config, str(tmp_path / 'run'))
   assert text.read_vocabulary(str(tmp_path / 'run')) == run.source.vocab == program.source.vocab
@@ -139,6 +140,6 @@ def test_a_program_run_in_a_workdir_takes_a_data_source_of_that_workdir(tmp_path
 
 
 def test_a_program_built_from_another_config_is_refused(tmp_path):
-  program = train.build(cnn(1))
+  program = program_lib.build(cnn(1))
   with pytest.raises(ConfigError, match='built from a different config'):
     train.train(cnn(2), str(tmp_path), program=program)

@@ -2,10 +2,11 @@ import json
 import os
 
 import pytest
-
 from conftest import ROOT, tiny_config
+
 from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
+from jaxlab.run import workdir_lock
 
 
 def test_overrides_are_typed_and_applied():
@@ -41,27 +42,27 @@ def test_config_is_locked_against_typos():
 def test_workdir_with_other_config_names_differing_keys(tmp_path):
   workdir = str(tmp_path / 'run')
   old = tiny_config()
-  config_lib.prepare_workdir(workdir, old).release()
+  workdir_lock.prepare_workdir(workdir, old).release()
   config_lib.save(workdir, old)
   new = tiny_config(**{'optimizer.learning_rate': 0.5, 'seed': 3})
   with pytest.raises(ConfigError, match=r'optimizer\.learning_rate.*seed|seed.*optimizer\.learning_rate'):
-    config_lib.prepare_workdir(workdir, new)
-  config_lib.prepare_workdir(workdir, old).release()  # the same config resumes without complaint
+    workdir_lock.prepare_workdir(workdir, new)
+  workdir_lock.prepare_workdir(workdir, old).release()  # the same config resumes without complaint
 
 
 def test_restart_moves_the_old_run_aside(tmp_path):
   workdir = str(tmp_path / 'run')
   config = tiny_config()
-  config_lib.prepare_workdir(workdir, config).release()
+  workdir_lock.prepare_workdir(workdir, config).release()
   config_lib.save(workdir, config)
-  lock = config_lib.prepare_workdir(workdir, tiny_config(seed=5), restart=True)
+  lock = workdir_lock.prepare_workdir(workdir, tiny_config(seed=5), restart=True)
   aside = [p for p in os.listdir(tmp_path) if p.startswith('run.old-')]
   assert len(aside) == 1
   with open(tmp_path / aside[0] / 'config.json') as f:
     assert json.load(f)['seed'] == 0
   assert os.listdir(workdir) == ['.lock']  # the new run's, held
   with pytest.raises(ConfigError, match='in use by a run'):
-    config_lib.prepare_workdir(workdir, tiny_config(seed=5))
+    workdir_lock.prepare_workdir(workdir, tiny_config(seed=5))
   lock.release()
 
 
@@ -69,13 +70,13 @@ def test_restart_moves_the_old_run_aside(tmp_path):
 def test_unwritable_workdir(tmp_path):
   os.chmod(tmp_path, 0o500)
   with pytest.raises(ConfigError, match='not writable'):
-    config_lib.prepare_workdir(str(tmp_path / 'run'), tiny_config())
+    workdir_lock.prepare_workdir(str(tmp_path / 'run'), tiny_config())
 
 
 def test_workdir_under_a_file_is_not_writable(tmp_path):
   (tmp_path / 'file').write_text('x')
   with pytest.raises(ConfigError, match='not writable'):
-    config_lib.prepare_workdir(str(tmp_path / 'file' / 'run'), tiny_config())
+    workdir_lock.prepare_workdir(str(tmp_path / 'file' / 'run'), tiny_config())
 
 
 def test_differing_keys_of_nested_dicts():
@@ -85,7 +86,7 @@ def test_differing_keys_of_nested_dicts():
 def test_restart_on_a_read_only_filesystem_is_one_line(tmp_path, monkeypatch):
   import errno
   workdir = str(tmp_path / 'run')
-  config_lib.prepare_workdir(workdir, tiny_config()).release()
+  workdir_lock.prepare_workdir(workdir, tiny_config()).release()
   config_lib.save(workdir, tiny_config())
 
   def read_only(src, dst):
@@ -94,5 +95,5 @@ def test_restart_on_a_read_only_filesystem_is_one_line(tmp_path, monkeypatch):
   monkeypatch.setattr(os, 'rename', read_only)
   with pytest.raises(ConfigError, match=r'^--restart could not move .*/run aside to .*/run\.old-\d+-\d+: '
                                         r'Read-only file system$'):
-    config_lib.prepare_workdir(workdir, tiny_config(seed=3), restart=True)
-  config_lib.prepare_workdir(workdir, tiny_config()).release()  # and the workdir is not left locked
+    workdir_lock.prepare_workdir(workdir, tiny_config(seed=3), restart=True)
+  workdir_lock.prepare_workdir(workdir, tiny_config()).release()  # and the workdir is not left locked

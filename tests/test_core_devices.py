@@ -6,14 +6,13 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
 
 TRAIN_AND_DUMP = '''
 import sys, jax, numpy as np
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config, tiny_lm_config, write_corpus
-from jaxlab import train
+from jaxlab.run import train
 assert jax.device_count() == {devices}, jax.devices()
 settings = {{'train.num_steps': 12, 'train.eval_every': 6, 'data.batch_size': 48}}
 if {name!r} == 'gpt':
@@ -54,6 +53,7 @@ def test_one_and_eight_devices_agree(tmp_path, name):
 
 def test_prefetch_places_batches_on_the_mesh_in_order_and_reads_only_size_ahead():
   import jax
+
   from jaxlab import parallel
   mesh = parallel.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
   sharding = parallel.batch_sharding(mesh)
@@ -77,7 +77,7 @@ LONG_QUEUE = '''
 import sys, jax
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
-from jaxlab import train
+from jaxlab.run import train
 assert jax.device_count() == 2
 config = tiny_config(**{{'train.num_steps': 3000, 'train.log_every': 1000, 'train.eval_every': 0,
                         'train.checkpoint_every': 0, 'model.channels': 8}})

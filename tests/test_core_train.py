@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import optax
 import pytest
-
 from conftest import sigterm_at, tiny_config
-from jaxlab import checkpoint, train
+
 from jaxlab.errors import ConfigError, NonFiniteLossError
+from jaxlab.run import checkpoint, train
 
 
 def _params(workdir, step):
@@ -110,7 +110,7 @@ def test_schedule_choices():
 
 def test_resumed_run_drops_the_metrics_logged_after_its_checkpoint(tmp_path):
   """A run killed after logging past its last checkpoint logs those steps again on resume: once each."""
-  from jaxlab.logging import MetricWriter
+  from jaxlab.observe.logging import MetricWriter
   lines = [json.dumps({'step': s, 'split': 'train', 'loss': 1.0}) + '\n' for s in (2, 4, 6, 8)]
   (tmp_path / 'metrics.jsonl').write_text(''.join(lines) + '{"step": 1')  # the last line cut by the kill
   writer = MetricWriter(str(tmp_path), start_step=4)
@@ -122,8 +122,10 @@ def test_resumed_run_drops_the_metrics_logged_after_its_checkpoint(tmp_path):
 
 def test_rmsprop_has_no_momentum_unless_asked_for():
   """`optimizer.momentum` (0.9, for momentum/nesterov) must not leak into rmsprop."""
-  from jaxlab import config as config_lib, optim
   import optax
+
+  from jaxlab import config as config_lib
+  from jaxlab import optim
   cfg = config_lib.defaults().optimizer
   cfg.name, cfg.learning_rate = 'rmsprop', 0.1
   params, grads = {'w': np.ones(3, np.float32)}, {'w': np.array([1.0, -2.0, 0.5], np.float32)}

@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import launch, sigterm_at, tiny_config
-from jaxlab import train
+
 from jaxlab.errors import ConfigError
+from jaxlab.run import program as program_lib
+from jaxlab.run import train
 from jaxlab.tasks.distillation import soft_target_loss
 
 
@@ -84,7 +85,7 @@ def test_distillation_lowers_the_soft_loss_and_resumes_bitwise(teacher, tmp_path
   assert train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at(12)])['preempted']
   resumed = train.train(config, str(tmp_path / 'resumed'))
   assert resumed['steps_trained'] < 30 and resumed['test_loss'] == whole['test_loss']
-  ours = [jax.device_get(train.restore_checkpoint(config, str(tmp_path / w))[2].params) for w in ('whole', 'resumed')]
+  ours = [jax.device_get(program_lib.restore_checkpoint(config, str(tmp_path / w))[2].params) for w in ('whole', 'resumed')]
   for a, b in zip(jax.tree.leaves(ours[0]), jax.tree.leaves(ours[1]), strict=True):
     np.testing.assert_array_equal(a, b)
 

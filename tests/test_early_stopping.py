@@ -6,11 +6,11 @@ import os
 import jax
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from jaxlab import config as config_lib
-from jaxlab import early_stopping, train
 from jaxlab.errors import ConfigError
+from jaxlab.run import early_stopping, train
 
 
 def _config(**overrides):

@@ -6,9 +6,11 @@ import json
 import jax
 import numpy as np
 import pytest
-
 from conftest import launch, tiny_config
-from jaxlab import attacks, attribution, train
+
+from jaxlab.evaluators import attribution
+from jaxlab.run import train
+from jaxlab.tasks import attacks
 
 SPACE = attacks.PixelSpace(mean=(0.5, 0.4), std=(0.25, 0.5), low=0.0, high=1.0)
 

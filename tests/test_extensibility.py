@@ -4,11 +4,12 @@ import json
 import os
 
 import pytest
-
 from conftest import ROOT, launch, tiny_config
+
 from jaxlab import config as config_lib
-from jaxlab import models, train
+from jaxlab import models
 from jaxlab.errors import ConfigError
+from jaxlab.run import train
 
 CUSTOM = os.path.join(ROOT, 'experiments', 'custom_model', 'config.py')
 

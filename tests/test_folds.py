@@ -7,12 +7,14 @@ import re
 import jax
 import numpy as np
 import pytest
-
 from conftest import launch, tiny_config
-from jaxlab import cv, data, train
+
+from jaxlab import data
 from jaxlab.data import folds
 from jaxlab.data.vision import data_config
 from jaxlab.errors import ConfigError
+from jaxlab.evaluators import cv
+from jaxlab.run import train
 
 
 def test_folds_partition_and_stratify_hand_counted_labels():

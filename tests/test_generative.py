@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.special
-
 from conftest import ROOT, launch, sigterm_at, train_on_devices
+
 from jaxlab import config as config_lib
-from jaxlab import frechet, images, tasks, train
+from jaxlab import tasks
 from jaxlab.data import pipeline, vision
 from jaxlab.errors import NonFiniteLossError
+from jaxlab.observe import images
+from jaxlab.run import program as program_lib
+from jaxlab.run import train
+from jaxlab.tasks import frechet
 from jaxlab.tasks.autoencoder import gaussian_kl
 from jaxlab.tasks.base import example_keys
 
@@ -38,7 +42,7 @@ def tiny_config(kind: str, **overrides):
 
 
 def _params(config, workdir):
-  return jax.device_get(train.restore_checkpoint(config, str(workdir))[2])
+  return jax.device_get(program_lib.restore_checkpoint(config, str(workdir))[2])
 
 
 # --- the math ---------------------------------------------------------------------------------------------------
@@ -183,7 +187,7 @@ def test_a_diverging_gan_stops_with_the_step_and_keeps_the_last_good_checkpoint(
                                  'discriminator_optimizer.name': 'sgd', 'discriminator_optimizer.learning_rate': 100.0})
   with pytest.raises(NonFiniteLossError, match=r'at step \d+') as error:
     train.train(config, str(tmp_path))
-  step, _, state = train.restore_checkpoint(config, str(tmp_path))
+  step, _, state = program_lib.restore_checkpoint(config, str(tmp_path))
   stopped = int(str(error.value).split('at step ')[1].split(';')[0])
   assert 0 < step < stopped < 40 and f'Last good checkpoint: step {step} ' in str(error.value)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
@@ -192,7 +196,7 @@ def test_a_diverging_gan_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 def test_iwae_bound_with_100_samples_is_below_the_one_sample_bound_on_a_trained_vae(tmp_path):
   config = tiny_config('vae', **{'train.num_steps': 60, 'train.eval_every': 0})
   train.train(config, str(tmp_path))
-  _, program, state = train.restore_checkpoint(config, str(tmp_path))
+  _, program, state = program_lib.restore_checkpoint(config, str(tmp_path))
   task, batch = program.task, next(iter(program.source.eval_batches('test')))
   keys = example_keys(batch)
   bound = lambda k: np.asarray(jax.jit(task.iwae_bound, static_argnums=3)(state.params, batch, keys, k))

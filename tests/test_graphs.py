@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from jaxlab import config as config_lib
-from jaxlab import train
 from jaxlab.data import planetoid
 from jaxlab.errors import ConfigError, DataError
 from jaxlab.models import graph as graph_models
+from jaxlab.run import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORA = os.path.join(os.environ.get('JAXLAB_DATA_DIR', ''), 'cora')

@@ -7,15 +7,16 @@ import shutil
 import jax
 import numpy as np
 import pytest
-
 from conftest import launch, tiny_config
+
 from jaxlab import config as config_lib
-from jaxlab import train
 from jaxlab.errors import ConfigError
+from jaxlab.run import program as program_lib
+from jaxlab.run import train
 
 
 def _params(config, workdir, **kwargs):
-  return jax.device_get(train.restore_checkpoint(config, str(workdir), **kwargs)[2].params)
+  return jax.device_get(program_lib.restore_checkpoint(config, str(workdir), **kwargs)[2].params)
 
 
 @pytest.fixture(scope='module')
@@ -38,7 +39,7 @@ def test_map_and_skip_copy_exactly_the_mapped_arrays_and_frozen_ones_stay_bitwis
   for name in ('kernel', 'bias'):
     assert np.array_equal(mine['Dense_0'][name], theirs['Dense_0'][name])
     assert np.array_equal(mine['Dense_1'][name], theirs['head'][name])
-  program = train.build(config)
+  program = program_lib.build(config)
   fresh = jax.device_get(program.task.init(program.rng, program.example).params)
   assert not np.allclose(mine['head']['kernel'], fresh['head']['kernel'])  # the head alone trained
 

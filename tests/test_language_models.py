@@ -10,14 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import launch, tiny_config, tiny_lm_config
+
 from jaxlab import config as config_lib
-from jaxlab import decoding, sample, train
 from jaxlab.data import text
 from jaxlab.errors import ConfigError
+from jaxlab.evaluators import sample
+from jaxlab.models import decoding
 from jaxlab.models.rnn import RNNLM
 from jaxlab.models.transformer import GPT
+from jaxlab.run import train
 from jaxlab.tasks.language_model import LanguageModel
 from jaxlab.tasks.masked_lm import mask_tokens
 

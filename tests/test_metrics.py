@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxlab import metrics
+from jaxlab.observe import metrics
 
 # confusion[true, predicted]; 3 classes, 20 examples.
 CONFUSION = np.array([[5, 1, 0],
@@ -52,6 +52,7 @@ def test_eval_step_counts_confusion_as_true_by_predicted_in_integers():
   import flax.linen as nn
   import jax
   import optax
+
   from jaxlab.tasks.classification import Classification
 
   class Logits(nn.Module):

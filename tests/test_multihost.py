@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import LAUNCH, ROOT, launch
 
 TINY = ['--config=configs/mnist1d/cnn.py', '--config.data.num_samples=1000', '--config.data.batch_size=40',
@@ -144,7 +143,7 @@ def _slurm_job_id() -> int:
 def test_a_slurm_job_of_two_tasks_trains_like_one_process(runs, tmp_path):
   """The script `launch.py slurm` submits, run on one node with 2 tasks: the tasks join one job from
   SLURM's variables alone and train like the one-process run with all devices."""
-  from jaxlab import slurm
+  from jaxlab.launch import slurm
   root, _, _ = runs
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
@@ -200,8 +199,8 @@ def test_env_vars_configure_the_job(tmp_path):
 
 
 def test_settings_come_from_flags_then_env_then_a_tpu_vm(tmp_path):
-  from jaxlab import distributed
   from jaxlab.errors import ConfigError
+  from jaxlab.parallel import distributed
   env = {'JAXLAB_COORDINATOR_ADDRESS': 'h:1', 'JAXLAB_NUM_PROCESSES': '4', 'JAXLAB_PROCESS_ID': '3'}
   assert distributed.resolve(env=env, tpu_vm=False) == distributed.Settings('h:1', 4, 3)
   assert distributed.resolve('x:2', 2, 0, env=env, tpu_vm=False) == distributed.Settings('x:2', 2, 0)

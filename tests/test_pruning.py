@@ -7,10 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import sigterm_at, tiny_config
-from jaxlab import pruning, train
+
 from jaxlab.errors import ConfigError
+from jaxlab.optim import pruning
+from jaxlab.run import program as program_lib
+from jaxlab.run import train
 
 
 def test_magnitude_mask_prunes_the_smallest_by_hand():
@@ -50,10 +52,10 @@ def test_pruned_weights_stay_zero_through_a_resume_and_the_summary_counts_them(t
   whole = train.train(config, str(tmp_path / 'whole'))
 
   assert train.train(config, str(tmp_path / 'resumed'), hooks=[sigterm_at(8)])['preempted']
-  saved = jax.device_get(train.restore_checkpoint(config, str(tmp_path / 'resumed'))[2].params)
+  saved = jax.device_get(program_lib.restore_checkpoint(config, str(tmp_path / 'resumed'))[2].params)
   resumed = train.train(config, str(tmp_path / 'resumed'))
-  final = jax.device_get(train.restore_checkpoint(config, str(tmp_path / 'resumed'))[2].params)
-  straight = jax.device_get(train.restore_checkpoint(config, str(tmp_path / 'whole'))[2].params)
+  final = jax.device_get(program_lib.restore_checkpoint(config, str(tmp_path / 'resumed'))[2].params)
+  straight = jax.device_get(program_lib.restore_checkpoint(config, str(tmp_path / 'whole'))[2].params)
   for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(straight), strict=True):
     np.testing.assert_array_equal(a, b)
   # Dense_0 is 40x16 = 640 weights, 480 pruned; head 16x10 = 160, 80 pruned (by hand).

@@ -6,9 +6,9 @@ import os
 import jax
 import numpy as np
 import pytest
-
 from conftest import tiny_config
-from jaxlab import train
+
+from jaxlab.run import train
 
 
 def _final_params(config, workdir):
@@ -63,8 +63,9 @@ def test_replica_and_separate_run_accuracies_are_exchangeable_past_the_bitwise_h
   """At 600 MLP steps replicas and separate runs no longer agree bitwise (that holds to ~300 steps; README:
   Many seeds), so the claim for full runs is statistical: the two sets of accuracies look like samples of
   one distribution."""
-  from jaxlab import config as config_lib
   from conftest import ROOT
+
+  from jaxlab import config as config_lib
   seeds = 5
 
   def mlp(**overrides):

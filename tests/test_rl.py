@@ -8,12 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import ROOT, launch, sigterm_at, train_on_devices
+
 from jaxlab import config as config_lib
-from jaxlab import train
+from jaxlab.data.environments import Transition
 from jaxlab.data.episodes import EpisodeSource
-from jaxlab.environments import Transition
+from jaxlab.run import program as program_lib
+from jaxlab.run import train
 from jaxlab.tasks.dqn import DQNSettings, ReplayBuffer, epsilon
 from jaxlab.tasks.ppo import clipped_surrogate, gae
 
@@ -71,7 +72,7 @@ def test_training_resumes_bitwise_after_sigterm_environments_and_buffer_included
   assert stopped['preempted'] and stopped['step'] == 6
   resumed = train.train(config, str(tmp_path / 'resumed'))
   assert resumed['steps_trained'] == 6 and resumed['test_return'] == whole['test_return']
-  a, b = (jax.device_get(train.restore_checkpoint(config, str(tmp_path / w))[2]) for w in ('whole', 'resumed'))
+  a, b = (jax.device_get(program_lib.restore_checkpoint(config, str(tmp_path / w))[2]) for w in ('whole', 'resumed'))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):  # params, Adam, environments, buffer, keys
     np.testing.assert_array_equal(x, y)
 
@@ -81,7 +82,7 @@ def test_several_loop_steps_per_call_train_as_one_per_call(algorithm, tmp_path):
   states = []
   for k in (1, 5):  # calls of 4, 2, 2, 4 steps: cut at the log steps 4, 8 and the evaluation and checkpoint step 6
     train.train(tiny_config(algorithm, **{'train.steps_per_call': k}), str(tmp_path / str(k)))
-    states.append(jax.device_get(train.restore_checkpoint(tiny_config(algorithm, **{'train.steps_per_call': k}),
+    states.append(jax.device_get(program_lib.restore_checkpoint(tiny_config(algorithm, **{'train.steps_per_call': k}),
                                                           str(tmp_path / str(k)))[2]))
   for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]), strict=True):
     np.testing.assert_array_equal(x, y)
@@ -130,7 +131,7 @@ def _primitives(jaxpr):
 def test_replicated_init_runs_each_qr_on_one_matrix():
   # jaxlib 0.10's batched CPU LAPACK kernels can deadlock the thread pool (a 64-seed PPO init hung): the
   # orthogonal initialiser's QR must see one replica's matrix at a time.
-  program = train.build(tiny_config(num_replicas=3))
+  program = program_lib.build(tiny_config(num_replicas=3))
   qrs = [shapes for name, shapes in _primitives(jax.make_jaxpr(program.task.init)(program.rng, program.example).jaxpr)
          if name == 'qr']
   assert qrs and all(len(shape) == 2 for shapes in qrs for shape in shapes)
@@ -194,7 +195,7 @@ def test_the_dqn_target_network_is_copied_exactly_every_target_every_environment
 
 
 def test_curves_read_each_step_once_with_one_column_per_replica_and_plot_them(tmp_path):
-  from jaxlab import curves
+  from jaxlab.observe import curves
   lines = ['{"step": 10, "split": "train", "episode_return": 2.0, "episode_return_replicas": [1.0, 3.0]}',
            '{"step": 10, "split": "test", "return": 9.0}',
            '{"step": 20, "split": "train", "episode_return": 5.0, "episode_return_replicas": [4.0, 6.0]}',

@@ -8,10 +8,10 @@ import sys
 
 import optuna
 import pytest
-
 from conftest import LAUNCH, ROOT, launch
-from jaxlab import search
+
 from jaxlab.errors import ConfigError
+from jaxlab.launch import search
 
 CNN = os.path.join(ROOT, 'configs', 'mnist1d', 'cnn.py')
 TINY = ['--config.train.num_steps=40', '--config.train.eval_every=10', '--config.train.log_every=10',

@@ -9,11 +9,15 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_config, tiny_lm_config
 from jax.sharding import PartitionSpec as P
 
-from conftest import tiny_config, tiny_lm_config
-from jaxlab import accumulate, config as config_lib, data, flops, models, sharding, tasks, train
+from jaxlab import config as config_lib
+from jaxlab import data, models, tasks
 from jaxlab.errors import ConfigError
+from jaxlab.parallel import flops, sharding
+from jaxlab.run import accumulate, train
+from jaxlab.run import program as program_lib
 from jaxlab.tasks.base import init_state
 
 RULES = sharding.rules_from_config(config_lib.defaults().sharding_rules)
@@ -184,11 +188,11 @@ def test_lm_runs_log_tflops_and_mfu(corpus, tmp_path):
 
 
 def test_bench_reports_the_compiled_steps_memory(corpus, tmp_path):
-  from jaxlab import bench
+  from jaxlab.evaluators import bench
   config, source, task = _gpt_task(corpus, tmp_path)
   state_bytes = sharding.total_bytes(jax.eval_shape(task.init, jax.random.PRNGKey(0), source.example_batch()))
   batch_bytes = 2 * config.data.batch_size * config.data.block_size * 4  # x and y, int32
-  stats = train.compiled_memory(config)
+  stats = program_lib.compiled_memory(config)
   # The step's arguments: the state, the batch and the small metric totals.
   assert state_bytes + batch_bytes <= stats.argument_size_in_bytes <= state_bytes + batch_bytes + 1024
   assert stats.temp_size_in_bytes > 0

@@ -10,9 +10,10 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT, tiny_lm_config, write_corpus
-from jaxlab import checkpoint, train
+
+from jaxlab.run import checkpoint, train
+from jaxlab.run import program as program_lib
 
 MESHES = {'data8': {'data': 8}, 'fsdp8': {'data': 1, 'fsdp': 8}, 'data2_fsdp2_tensor2': {'data': 2, 'fsdp': 2, 'tensor': 2},
           'tensor4_data2': {'data': 2, 'tensor': 4}}
@@ -26,7 +27,7 @@ ON_EIGHT_DEVICES = '''
 import json, shutil, sys, jax, numpy as np
 sys.path.insert(0, {tests!r})
 from test_sharding_devices import MESHES, SETTINGS, config, dump, restore, cut_at
-from jaxlab import train
+from jaxlab.run import train
 assert jax.device_count() == 8
 root, results = {root!r}, {{}}
 for name, mesh in MESHES.items():
@@ -78,7 +79,7 @@ def _load(path):
 def restore(config, workdir, saved):
   """Restores the newest checkpoint of `workdir` laid out for `config`'s mesh; checks it bit for bit
   against the parameters dumped when it was saved; returns the shape of one kernel's shard on a device."""
-  program = train.build(config, workdir)
+  program = program_lib.build(config, workdir)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3)
   try:
     step, state, _ = ckpt.restore_newest_good(checkpoint.abstract_with_shardings(program.abstract,

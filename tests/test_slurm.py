@@ -12,9 +12,9 @@ import sys
 import time
 
 import pytest
-
 from conftest import launch
-from jaxlab import slurm
+
+from jaxlab.launch import slurm
 
 FAKE_SLURM = '''#!{python}
 import json, os, signal, sys

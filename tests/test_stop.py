@@ -4,9 +4,9 @@ import os
 import signal
 
 import pytest
-
 from conftest import tiny_config
-from jaxlab import stop, train
+
+from jaxlab.run import stop, train
 
 
 @pytest.fixture

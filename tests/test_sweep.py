@@ -7,14 +7,14 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, launch
-from jaxlab import sweep
+
 from jaxlab.errors import ConfigError
+from jaxlab.launch import sweep
 
 TINY_CONFIG = '''
 from jaxlab import config as config_lib
-from jaxlab.sweep import product
+from jaxlab.launch.sweep import product
 
 
 def get_config(arg=None):
@@ -87,7 +87,7 @@ def test_shipped_configs_declare_seed_sweeps():
 
 def test_sweep_parents_never_import_jax_and_name_the_summary_as_train_does():
   """Why sweep.SUMMARY_FILE is its own constant: importing train's would start JAX in every sweep parent."""
-  from jaxlab import train
+  from jaxlab.run import train
   assert sweep.SUMMARY_FILE == train.SUMMARY_FILE
   spec = os.path.join(ROOT, 'configs', 'mnist1d', 'cnn.py')
   code = (f'import sys; from jaxlab import results, search, sweep; sweep.resolve({spec!r}, sweep.load({spec!r})); '

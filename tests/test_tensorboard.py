@@ -59,7 +59,8 @@ def test_events_match_metrics_jsonl_after_a_sigkill_and_resume(tmp_path):
 def test_every_point_up_to_a_checkpoint_is_on_disk_when_the_checkpoint_is(tmp_path):
   """What a SIGKILL right after a checkpoint would find: events read from disk at that moment."""
   from conftest import tiny_config
-  from jaxlab import train
+
+  from jaxlab.run import train
   workdir = tmp_path / 'run'
   seen = []
 
@@ -80,7 +81,8 @@ def test_showcase_texts_and_images_go_to_files_and_tensorboard(tmp_path):
   import numpy as np
   from PIL import Image
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-  from jaxlab.logging import MetricWriter
+
+  from jaxlab.observe.logging import MetricWriter
   image = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
   writer = MetricWriter(str(tmp_path))
   written = writer.write_showcase(40, {'sample_0': 'To be,\nor not', 'digits': image})
@@ -98,7 +100,7 @@ def test_showcase_texts_and_images_go_to_files_and_tensorboard(tmp_path):
 
 def test_a_flush_puts_every_point_written_before_it_on_disk(tmp_path):
   """tensorboardX's own flush() writes out its file, not the events still queued for its writer thread."""
-  from jaxlab.logging import MetricWriter
+  from jaxlab.observe.logging import MetricWriter
   writer = MetricWriter(str(tmp_path))
   for step in range(1, 2001):
     writer.write(step, 'train', {'loss': float(step)})
@@ -110,7 +112,7 @@ def test_a_flush_puts_every_point_written_before_it_on_disk(tmp_path):
 
 def test_a_run_resumed_in_the_same_second_keeps_the_interrupted_runs_events(tmp_path):
   """Event file names carry only the second: a resumed run must not reuse (and overwrite) a name."""
-  from jaxlab.logging import MetricWriter
+  from jaxlab.observe.logging import MetricWriter
   first = MetricWriter(str(tmp_path))
   for step in (1, 2, 3):
     first.write(step, 'train', {'loss': float(step)})

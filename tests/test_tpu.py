@@ -8,9 +8,9 @@ import sys
 import tarfile
 
 import pytest
-
 from conftest import launch
-from jaxlab import tpu
+
+from jaxlab.launch import tpu
 
 FAKE_GCLOUD = '''#!{python}
 import json, os, shutil, sys

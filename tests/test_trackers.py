@@ -10,12 +10,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import launch, tiny_config
 from PIL import Image
 
-from conftest import launch, tiny_config
 from jaxlab import config as config_lib
-from jaxlab import trackers, train
 from jaxlab.errors import ConfigError
+from jaxlab.observe import trackers
+from jaxlab.run import train
 
 mlflow = pytest.importorskip('mlflow', reason="needs jaxlab's [mlflow] extra")
 pytest.importorskip('wandb', reason="needs jaxlab's [wandb] extra")

@@ -7,12 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import ROOT
+
 from jaxlab import config as config_lib
-from jaxlab import models, optim, train
+from jaxlab import models, optim
 from jaxlab.data import vision
 from jaxlab.errors import ConfigError
+from jaxlab.run import train
 from jaxlab.tasks.classification import Classification, weight_penalty
 
 CONFIGS = ['mnist/lenet5', 'mnist/madry_cnn', 'mnist/logistic', 'mnist/hinton', 'mnist/lenet300', 'fashion_mnist/transfer', 'fashion_mnist/cnn', 'fashion_mnist/mlp', 'cifar10/resnet20', 'cifar10/resnet56',

@@ -9,9 +9,10 @@ import sys
 import time
 
 import pytest
-
 from conftest import LAUNCH, ROOT, launch
-from jaxlab import sweep, workdir_lock
+
+from jaxlab.launch import sweep
+from jaxlab.run import workdir_lock
 
 FAST = ['--config.data.num_samples=1000', '--config.data.batch_size=40', '--config.data.eval_batch_size=200',
         '--config.model.channels=8', '--config.train.checkpoint_every=500']
@@ -94,7 +95,7 @@ def test_a_restarted_sweep_waits_for_a_point_still_held(tmp_path, capsys):
   point = tmp_path / 'learning_rate=0.1'
   holder = subprocess.Popen([sys.executable, '-c', f'''
 import time
-from jaxlab import workdir_lock
+from jaxlab.run import workdir_lock
 with workdir_lock.WorkdirLock({str(point)!r}):
   print('held', flush=True)
   time.sleep(1.5)

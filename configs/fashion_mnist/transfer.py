@@ -9,7 +9,7 @@ batch 128, 3000 steps whatever the number of labels, evaluated at the end. The s
 """
 
 from jaxlab.data.vision_configs import image_config
-from jaxlab.sweep import product
+from jaxlab.launch.sweep import product
 
 MODES = ('scratch', 'finetune', 'probe')
 

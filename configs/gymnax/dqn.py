@@ -10,7 +10,7 @@ program. `dqn.py:acrobot` is the same on Acrobot-v1. `launch.py sweep --config=c
 
 from jaxlab import config as config_lib
 from jaxlab.data.episodes import data_config
-from jaxlab.sweep import product
+from jaxlab.launch.sweep import product
 
 ENVS = {'cartpole': 'CartPole-v1', 'acrobot': 'Acrobot-v1'}
 TOTAL_ENV_STEPS = 500_000

@@ -12,7 +12,7 @@ inside one lax.scan and ~3.9 ms called one by one (experiments/rl_cartpole/bench
 
 from jaxlab import config as config_lib
 from jaxlab.data.episodes import data_config
-from jaxlab.sweep import product
+from jaxlab.launch.sweep import product
 
 ENVS = {'cartpole': 'CartPole-v1', 'acrobot': 'Acrobot-v1', 'space_invaders': 'SpaceInvaders-MinAtar'}
 

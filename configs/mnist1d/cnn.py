@@ -1,8 +1,8 @@
 """MNIST-1D CNN (Greydanus 2020): 3 strided conv layers of 25 channels; Adam 1e-2, batch 100, 6000 steps."""
 
 from jaxlab import config as config_lib
-from jaxlab.search import choice, loguniform
-from jaxlab.sweep import mnist1d_sweep as sweep  # `launch.py sweep --config <this file>`
+from jaxlab.launch.search import choice, loguniform
+from jaxlab.launch.sweep import mnist1d_sweep as sweep  # `launch.py sweep --config <this file>`
 
 
 def get_config(arg=None):

@@ -1,7 +1,7 @@
 """MNIST-1D GRU (Greydanus 2020): bidirectional, hidden 6; Adam 1e-2, batch 100, 6000 steps."""
 
 from jaxlab import config as config_lib
-from jaxlab.sweep import mnist1d_sweep as sweep  # `launch.py sweep --config <this file>`
+from jaxlab.launch.sweep import mnist1d_sweep as sweep  # `launch.py sweep --config <this file>`
 
 
 def get_config(arg=None):

@@ -94,14 +94,15 @@ def our_times(seeds: int, reuse: bool = True) -> tuple[float, float, float | Non
   traces, lowers and reads the persistent cache as a second `launch.py` would (None without `reuse`:
   the second run is then that one)."""
   from jaxlab import config as config_lib
-  from jaxlab import train
+  from jaxlab.run import program as program_lib
+  from jaxlab.run import train
   config = config_lib.load(os.path.join(ROOT, 'configs', 'gymnax', 'ppo.py'))
   config_lib.set_value(config, 'num_replicas', seeds)
   built = []
 
   def run(workdir, program=None):
     if program is None:
-      built.append(program := train.build(config))
+      built.append(program := program_lib.build(config))
     return train.train(config, workdir, program=program)
 
   with tempfile.TemporaryDirectory() as workdirs:
@@ -133,6 +134,7 @@ def profile_second_run() -> None:
   the `percall` columns are one run's."""
   import cProfile
   import pstats
+
   from jaxlab import parallel
   with tempfile.TemporaryDirectory() as cache:
     parallel.enable_compilation_cache(cache)
@@ -147,8 +149,10 @@ def profile_second_run() -> None:
 def print_compile_times() -> None:
   """Each XLA compilation of a first one-seed jaxlab run (empty cache), from jax's own compile log."""
   import logging
+
   from jaxlab import config as config_lib
-  from jaxlab import parallel, train
+  from jaxlab import parallel
+  from jaxlab.run import train
   compiles = []
 
   class Collect(logging.Handler):
@@ -193,12 +197,14 @@ def print_call_costs(repeats: int) -> None:
   """The loop's compiled program (the config's, several steps per call) running the 976 steps in 1, 2, 8
   or 10 calls (10: the config's log lines end its calls), dispatched back to back, in shuffled order."""
   import random
+
   from jaxlab import config as config_lib
-  from jaxlab import train
+  from jaxlab.run import program as program_lib
+  from jaxlab.run import steps
   config = config_lib.load(os.path.join(ROOT, 'configs', 'gymnax', 'ppo.py'))
   config_lib.set_value(config, 'train.steps_per_call', config.train.num_steps)
-  program = train.build(config)
-  batch = next(train._device_batches(program, 0, config.train))
+  program = program_lib.build(config)
+  batch = next(steps.device_batches(program, 0, config.train))
   plans = {'1 x 976': [976], '2 x 488': [488] * 2, '8 x 122': [122] * 8, '10 (9 x 100 + 76)': [100] * 9 + [76]}
 
   def run(lengths):

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
 import sys
-import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence, TypeVar
 
 import ml_collections
 from etils import epath
 
-from jaxlab import workdir_lock
 from jaxlab.errors import ConfigError
 
 CONFIG_FILE = 'config.json'
@@ -104,66 +103,6 @@ def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   return sorted(k for k in a.keys() | b.keys() if a.get(k, '<absent>') != b.get(k, '<absent>'))
 
 
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
-                    restart: bool = False) -> workdir_lock.WorkdirLock | None:
-  """Makes `workdir` (a local path or a bucket URL such as gs://...) usable for `config` and holds it.
-
-  Returns the workdir's lock, held by process 0 (None on the others) until the run releases it:
-  a second run on the same workdir is a WorkdirBusyError naming the holder. A workdir whose
-  config.json differs is an error naming the keys; with `restart` process 0 moves the old run
-  aside to `<workdir>.old-<timestamp>` (never deleted). The checkpoint's own config is compared
-  at restore (train.py), so a missing or unreadable config.json loses nothing.
-  """
-  import jax  # here, not at the top: sweep and search parents load configs without JAX
-  if not workdir:
-    raise ConfigError('--workdir is empty; give a directory (or leave the flag out for runs/<config>)')
-  _check_writable(workdir)
-  lock = workdir_lock.WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
-  try:
-    saved = read_saved(workdir)
-    if restart:
-      if '://' in workdir:
-        raise ConfigError(f'--restart cannot move a bucket workdir aside; delete {workdir} or use another --workdir')
-      if jax.process_index() == 0 and _holds_a_run(workdir):
-        aside = f'{workdir.rstrip("/")}.old-{time.strftime("%Y%m%d-%H%M%S")}'
-        try:
-          os.rename(workdir, aside)
-        except OSError as e:
-          raise ConfigError(f'--restart could not move {workdir} aside to {aside}: {e.strerror or e}') from None
-        lock.release()
-        _check_writable(workdir)
-        lock = workdir_lock.WorkdirLock(workdir).acquire()
-        print(f'Moved the previous run to {aside}', flush=True)
-      from jaxlab import parallel
-      parallel.barrier('jaxlab_prepare_workdir')  # the others must not see the old run half moved
-    elif saved is not None:
-      check_same(saved, config, f'workdir {workdir} holds a run with a different config')
-  except BaseException:
-    if lock is not None:
-      lock.release()
-    raise
-  return lock
-
-
-def _check_writable(workdir: str) -> None:
-  import jax
-  path = epath.Path(workdir)
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f'.write_test.{jax.process_index()}.{os.getpid()}'  # processes of one job share the workdir
-    probe.write_text('ok')
-    probe.unlink()
-  except ImportError as e:  # a bucket URL whose filesystem package is missing
-    raise ConfigError(f'workdir {workdir}: {e}') from None
-  except OSError as e:
-    raise ConfigError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
-
-
-def _holds_a_run(workdir: str) -> bool:
-  return any(p.name not in (workdir_lock.LOCK_FILE,) and not p.name.startswith('.write_test.')
-             for p in epath.Path(workdir).iterdir())
-
-
 def check_same(saved: dict[str, Any], config: ml_collections.ConfigDict, what: str,
                hint: str = 'Use another --workdir, or pass --restart to move the old run aside and start over.') -> None:
   """A ConfigError listing the keys (old -> new) where `config` differs from the `saved` one.
@@ -237,6 +176,30 @@ def save(workdir: str, config: ml_collections.ConfigDict) -> None:
 def require(condition: bool, message: str) -> None:
   if not condition:
     raise ConfigError(message)
+
+
+T = TypeVar('T')
+
+
+def resolve(key: str, name: str, builtin: Mapping[str, T]) -> T:
+  """builtin[name], or the attribute `Name` of `package.module` for `name='package.module:Name'`.
+
+  A researcher's own model or task lives in their package or in experiments/<paper>/ (the
+  project's root is on sys.path when launch.py runs) and needs no edit of jaxlab.
+  """
+  if ':' not in name:
+    if name not in builtin:
+      raise ConfigError(f'unknown {key} {name!r}; choose from {", ".join(sorted(builtin))} '
+                        "or give 'package.module:Name'")
+    return builtin[name]
+  module_name, _, attribute = name.partition(':')
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ConfigError(f'{key} {name!r}: cannot import {module_name} ({e})') from None
+  if not hasattr(module, attribute):
+    raise ConfigError(f'{key} {name!r}: module {module_name} has no {attribute!r}')
+  return getattr(module, attribute)
 
 
 def defaults() -> ml_collections.ConfigDict:

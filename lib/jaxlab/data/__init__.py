@@ -9,7 +9,6 @@ import numpy as np
 
 from jaxlab.errors import ConfigError
 
-
 Batch = dict[str, np.ndarray]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
-from jaxlab import imports
+from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
 from jaxlab.models.cnn import CNN1D
 from jaxlab.models.convnets import CNN, LeNet5
@@ -36,7 +36,7 @@ def create(cfg: ml_collections.ConfigDict, num_classes: int, **data_sizes: Any) 
   """
   kwargs = dict(cfg)
   name = kwargs.pop('name')
-  cls = imports.resolve('model.name', name, MODELS)
+  cls = config_lib.resolve('model.name', name, MODELS)
   if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
     raise ConfigError(f'model.name {name!r} is not a flax.linen Module class')
   fields = {f.name for f in dataclasses.fields(cls) if f.init} - {'parent', 'name'}

@@ -5,14 +5,14 @@ GPUs. Weights start as in GPT-2/nanoGPT: N(0, 0.02), the projections into the re
 scaled by 1/sqrt(2 * num_layers).
 
 Parameters name their dimensions (`embed`, `heads`, `kv`, `mlp`, `vocab`, `position`, `classes`)
-for sharding (jaxlab.sharding). `dtype` is the compute type (bfloat16: mixed precision; attention
+for sharding (jaxlab.parallel.sharding). `dtype` is the compute type (bfloat16: mixed precision; attention
 logits, softmax and the returned logits stay float32), `param_dtype` the stored one. `remat`
 recomputes each block's activations in the backward pass: 'full', or keep the matmul outputs
 ('dots', 'dots_no_batch'), trading compute for memory.
 
 Decoding (`decode=True`) feeds one token per call and keeps keys and values in the 'cache'
 collection: create it by calling the model with decode=True on a (batch, max_length) array and
-`mutable=['cache']` (jaxlab.decoding does this).
+`mutable=['cache']` (jaxlab.models.decoding does this).
 """
 
 from __future__ import annotations

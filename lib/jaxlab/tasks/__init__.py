@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from typing import Any, Callable
 
 import ml_collections
 import numpy as np
 
-from jaxlab import attacks, frechet, imports, models, optim
 from jaxlab import config as config_lib
+from jaxlab import models, optim
 from jaxlab.errors import ConfigError
+from jaxlab.tasks import attacks, frechet
 from jaxlab.tasks.autoencoder import LOSSES, VAE, Autoencoder
 from jaxlab.tasks.base import Task
 from jaxlab.tasks.classification import Classification
@@ -22,6 +24,22 @@ from jaxlab.tasks.language_model import LanguageModel, Samples
 from jaxlab.tasks.masked_lm import MaskedLM
 from jaxlab.tasks.node_classification import NodeClassification
 from jaxlab.tasks.ppo import PPO, PPOSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedRun:
+  """What a task built on another run takes from it: its config, classes and variables (replica 0's, numpy)."""
+
+  config: ml_collections.ConfigDict
+  num_classes: int
+  variables: Any
+
+
+ReadRun = Callable[[str, str], FinishedRun]  # (workdir, what it is read as, for errors) -> its newest checkpoint's
+
+
+def _cannot_read_runs(workdir: str, what: str) -> FinishedRun:
+  raise ConfigError(f'{what} {workdir}: this task reads a finished run; build it through jaxlab.run.program.build')
 
 
 def _penalty_paths(config: ml_collections.ConfigDict) -> str:
@@ -76,9 +94,8 @@ def masked_lm(config: ml_collections.ConfigDict, source: Any) -> MaskedLM:
                   config.data.batch_size * config.data.block_size, config.data.block_size)
 
 
-def distillation(config: ml_collections.ConfigDict, source: Any) -> Distillation:
+def distillation(config: ml_collections.ConfigDict, source: Any, read_run: ReadRun) -> Distillation:
   """A classifier (config.model) learning the soft targets of the finished classification run `distill.teacher`."""
-  from jaxlab import init_from_run  # it reads runs through train, which imports this package
   config_lib.require('distill' in config, 'task distillation needs a distill block (teacher, temperature, hard_weight)')
   d = config.distill
   config_lib.require(bool(d.teacher), 'distill.teacher is empty; give the workdir of a finished classification run')
@@ -87,13 +104,11 @@ def distillation(config: ml_collections.ConfigDict, source: Any) -> Distillation
   teacher_task = config_lib.read_run(d.teacher).task
   config_lib.require(teacher_task == 'classification',
                      f'distill.teacher {d.teacher} holds a {teacher_task!r} run, not a classification run')
-  _, teacher_config, teacher_source, state = init_from_run.restore_run(d.teacher, what='distill.teacher')
-  config_lib.require(teacher_source.num_classes == source.num_classes,
-                     f'distill.teacher {d.teacher} has {teacher_source.num_classes} classes, this data '
-                     f'{source.num_classes}')
-  variables = init_from_run.first_replica(teacher_config, {'params': state.params, **state.model_state})
-  teacher = models.create(teacher_config.model, source.num_classes)
-  return Distillation(classification(config, source), teacher, variables, d.temperature, d.hard_weight)
+  teacher = read_run(d.teacher, 'distill.teacher')
+  config_lib.require(teacher.num_classes == source.num_classes,
+                     f'distill.teacher {d.teacher} has {teacher.num_classes} classes, this data {source.num_classes}')
+  model = models.create(teacher.config.model, source.num_classes)
+  return Distillation(classification(config, source), model, teacher.variables, d.temperature, d.hard_weight)
 
 
 SHOWN_IMAGES = 32  # test images shown above their reconstructions at each evaluation
@@ -155,7 +170,7 @@ def vae(config: ml_collections.ConfigDict, source: Any) -> VAE:
              iwae_samples=block['iwae_samples'])
 
 
-def gan(config: ml_collections.ConfigDict, source: Any) -> GAN:
+def gan(config: ml_collections.ConfigDict, source: Any, read_run: ReadRun) -> GAN:
   """A GAN (model dcgan): config.optimizer trains the generator, config.discriminator_optimizer the discriminator;
   config.gan: discriminator_steps per generator step, frechet_run (a classification workdir, '' for none)."""
   block = _block(config, 'gan', discriminator_steps=1, frechet_run='')
@@ -174,7 +189,7 @@ def gan(config: ml_collections.ConfigDict, source: Any) -> GAN:
   pixels, reference = attacks.pixel_space(config.data), None
   if block['frechet_run']:
     split = _reference_split(source)
-    reference = FrechetReference(frechet.load(block['frechet_run']), lambda: _split_pixels(source, 'train', pixels),
+    reference = FrechetReference(frechet.load(block['frechet_run'], read_run), lambda: _split_pixels(source, 'train', pixels),
                                  lambda: _split_pixels(source, split, pixels))
   return GAN(model, generator_tx, discriminator_tx, pixels, steps, reference)
 
@@ -188,7 +203,7 @@ def _settings(config: ml_collections.ConfigDict, name: str, cls: type, counts: t
 
 
 def _environments(config: ml_collections.ConfigDict, num_envs: int) -> Any:
-  from jaxlab.environments import Environments
+  from jaxlab.data.environments import Environments
   config_lib.require('env' in config, f'task {config.task} needs an env block (env.name, a gymnax environment)')
   return Environments(config.env.name, num_envs)
 
@@ -228,6 +243,13 @@ TASKS: dict[str, Callable[[ml_collections.ConfigDict, Any], Task]] = {
     'vae': vae, 'gan': gan, 'ppo': ppo, 'dqn': dqn}
 
 
-def make(config: ml_collections.ConfigDict, source: Any) -> Task:
-  """The task `config.task` builds for this data source."""
-  return imports.resolve('task', config.task, TASKS)(config, source)
+def make(config: ml_collections.ConfigDict, source: Any, read_run: ReadRun | None = None) -> Task:
+  """The task `config.task` builds for this data source.
+
+  A builder with a `read_run` parameter (distillation, gan) reads the finished runs it builds on through
+  `read_run`, which the run supplies: reading a run's checkpoint is the run's business, not a task's.
+  """
+  build = config_lib.resolve('task', config.task, TASKS)
+  if 'read_run' in inspect.signature(build).parameters:
+    return build(config, source, read_run=read_run or _cannot_read_runs)
+  return build(config, source)

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlab import images
-from jaxlab.attacks import PixelSpace
-from jaxlab.state import TrainState
+from jaxlab.observe import images
+from jaxlab.tasks.attacks import PixelSpace
 from jaxlab.tasks.base import Batch, Metrics, OneModel, example_keys
+from jaxlab.tasks.state import TrainState
 
 LOSSES = ('bernoulli', 'mse')
 SAMPLE_KEY = 1  # the fixed noise batch of the samples shown at each evaluation

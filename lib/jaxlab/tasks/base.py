@@ -20,12 +20,12 @@ Optional, used by the loop for any task that has them:
 * `sample_images(state, key, num) -> NHWC pixels in [0, 1]`: what `launch.py sample` draws for a
   generative run (`generate(params, ...)` for a language model).
 * `param_axes(batch) -> tree of logical PartitionSpecs` over `params`: how the parameters may be
-  sharded (jaxlab.sharding); without it every parameter is replicated.
+  sharded (jaxlab.parallel.sharding); without it every parameter is replicated.
 * `gradients(state, batch) -> (grads, metrics, model_state)` and
   `apply_gradients(state, grads, model_state) -> state`: the two halves of `train_step`
-  (`OneModel.train_step` joins them); with them `train.grad_accum_steps` works (jaxlab.accumulate).
+  (`OneModel.train_step` joins them); with them `train.grad_accum_steps` works (jaxlab.run.accumulate).
 * `curve_metrics`: training metrics drawn against steps at the end of a run, <workdir>/<metric>.png, the
-  mean over replicas and the band from the lowest to the highest (jaxlab.curves).
+  mean over replicas and the band from the lowest to the highest (jaxlab.observe.curves).
 * `flops_per_step(params) -> float`: model FLOPs of one training step; the logs get TFLOP/s and MFU.
 
 How other families fit the same loop:
@@ -48,8 +48,8 @@ import jax.numpy as jnp
 import optax
 from flax.core import meta
 
-from jaxlab import sharding
-from jaxlab.state import TrainState
+from jaxlab.parallel import sharding
+from jaxlab.tasks.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.attacks import Attack, PixelSpace, perturb
-from jaxlab.state import TrainState
+from jaxlab.tasks.attacks import Attack, PixelSpace, perturb
 from jaxlab.tasks.base import Batch, Metrics, OneModel
+from jaxlab.tasks.state import TrainState
 
 
 def weight_penalty(params: Any, l1: float, l2: float, paths: str = '') -> jax.Array:

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.state import TrainState
 from jaxlab.tasks.base import Batch, Metrics
 from jaxlab.tasks.classification import Classification
+from jaxlab.tasks.state import TrainState
 
 TEACHER = 'teacher'  # the model-state collection holding the teacher's variables
 

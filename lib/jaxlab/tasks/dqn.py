@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.environments import Environments, evaluation_sums, Transition
-from jaxlab.state import TrainState
+from jaxlab.data.environments import Environments, Transition, evaluation_sums
 from jaxlab.tasks.base import Batch, Metrics
+from jaxlab.tasks.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +91,7 @@ class DQN:
   envs: Environments
   total_env_steps: int
   settings: DQNSettings = DQNSettings()
-  curve_metrics: ClassVar[tuple[str, ...]] = ('episode_return',)  # plotted at the end (jaxlab.curves)
+  curve_metrics: ClassVar[tuple[str, ...]] = ('episode_return',)  # plotted at the end (jaxlab.observe.curves)
 
   @property
   def env_steps_per_step(self) -> int:

@@ -6,7 +6,7 @@ transformation and only its own step touches it. A training batch is split into
 `discriminator_steps` parts: one discriminator step on each, then one generator step. Images are
 [-1, 1] to both networks, whatever the data normalisation.
 
-Evaluation, given a Fréchet classifier (jaxlab.frechet): the Fréchet distance between as many
+Evaluation, given a Fréchet classifier (jaxlab.tasks.frechet): the Fréchet distance between as many
 generated images as the split has and the split itself, beside `frechet_floor`, the same distance
 between as many training images and the split. Generated image i always comes from the noise of
 base.example_keys (key (0, i)). Each evaluation also writes a grid of samples from one fixed noise batch.
@@ -23,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlab import frechet, images
-from jaxlab.attacks import PixelSpace
-from jaxlab.state import TrainState
+from jaxlab.observe import images
+from jaxlab.tasks import frechet
+from jaxlab.tasks.attacks import PixelSpace
 from jaxlab.tasks.base import Batch, Metrics, example_keys
+from jaxlab.tasks.state import TrainState
 
 NETWORKS = ('generator', 'discriminator')
 SAMPLE_KEY = 1  # the fixed noise batch of the samples shown at each evaluation

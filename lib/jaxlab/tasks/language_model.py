@@ -16,10 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlab import decoding, flops, metrics
 from jaxlab.data.text import Vocabulary
-from jaxlab.state import TrainState
+from jaxlab.models import decoding
+from jaxlab.observe import metrics
+from jaxlab.parallel import flops
 from jaxlab.tasks.base import Batch, Metrics, OneModel
+from jaxlab.tasks.state import TrainState
 
 
 def token_sums(losses: jax.Array, hits: jax.Array, real: jax.Array) -> Metrics:

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlab import metrics
-from jaxlab.state import TrainState
+from jaxlab.observe import metrics
 from jaxlab.tasks.base import Batch, Metrics
 from jaxlab.tasks.language_model import TokenTask, token_sums
+from jaxlab.tasks.state import TrainState
 
 MASK_FRACTION = 0.15
 EVAL_MASK_KEY = 0x6D61736B  # 'mask'

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab import sharding
-from jaxlab.state import TrainState
+from jaxlab.parallel import sharding
 from jaxlab.tasks.base import Batch, Metrics, OneModel, init_state
 from jaxlab.tasks.classification import eval_sums, weight_penalty
+from jaxlab.tasks.state import TrainState
 
 GRAPH_KEYS = ('feature_rows', 'feature_cols', 'feature_values', 'senders', 'receivers', 'y')
 

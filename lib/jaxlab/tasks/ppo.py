@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.environments import Environments, evaluation_sums
-from jaxlab.state import TrainState
+from jaxlab.data.environments import Environments, evaluation_sums
 from jaxlab.tasks.base import Batch, Metrics
+from jaxlab.tasks.state import TrainState
 
 RUNNER = 'runner'
 
@@ -68,7 +68,7 @@ class PPO:
   tx: optax.GradientTransformation
   envs: Environments
   settings: PPOSettings = PPOSettings()
-  curve_metrics: ClassVar[tuple[str, ...]] = ('episode_return',)  # plotted at the end (jaxlab.curves)
+  curve_metrics: ClassVar[tuple[str, ...]] = ('episode_return',)  # plotted at the end (jaxlab.observe.curves)
 
   @property
   def items_per_step(self) -> dict[str, int]:

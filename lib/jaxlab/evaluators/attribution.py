@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from jaxlab.attacks import PixelSpace
+from jaxlab.tasks.attacks import PixelSpace
 
 METHODS = ('saliency', 'grad_x_input', 'integrated_gradients', 'smoothgrad')
 LogitsFn = Callable[[jax.Array], jax.Array]

@@ -1,6 +1,6 @@
 """Is input the bottleneck? The pipeline's examples/s beside the training step's consumption.
 
-  python -m jaxlab.data.bench_pipeline configs/mnist/lenet5.py [steps] [key=value ...]
+  python -m jaxlab.evaluators.bench_pipeline configs/mnist/lenet5.py [steps] [key=value ...]
 """
 
 from __future__ import annotations

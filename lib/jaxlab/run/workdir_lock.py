@@ -19,8 +19,10 @@ import socket
 import time
 from typing import IO
 
+import ml_collections
 from etils import epath
 
+from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
 
 LOCK_FILE = '.lock'
@@ -142,3 +144,64 @@ def holder(workdir: str) -> dict[str, object] | None:
       return _read(path) or {}
     fcntl.flock(handle, fcntl.LOCK_UN)
   return None
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
+                    restart: bool = False) -> WorkdirLock | None:
+  """Makes `workdir` (a local path or a bucket URL such as gs://...) usable for `config` and holds it.
+
+  Returns the workdir's lock, held by process 0 (None on the others) until the run releases it:
+  a second run on the same workdir is a WorkdirBusyError naming the holder. A workdir whose
+  config.json differs is an error naming the keys; with `restart` process 0 moves the old run
+  aside to `<workdir>.old-<timestamp>` (never deleted). The checkpoint's own config is compared
+  at restore (train.py), so a missing or unreadable config.json loses nothing.
+  """
+  import jax  # here, not at the top: sweep and search parents hold workdirs without JAX
+
+  from jaxlab import parallel
+  if not workdir:
+    raise ConfigError('--workdir is empty; give a directory (or leave the flag out for runs/<config>)')
+  _check_writable(workdir)
+  lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+  try:
+    saved = config_lib.read_saved(workdir)
+    if restart:
+      if '://' in workdir:
+        raise ConfigError(f'--restart cannot move a bucket workdir aside; delete {workdir} or use another --workdir')
+      if jax.process_index() == 0 and _holds_a_run(workdir):
+        aside = f'{workdir.rstrip("/")}.old-{time.strftime("%Y%m%d-%H%M%S")}'
+        try:
+          os.rename(workdir, aside)
+        except OSError as e:
+          raise ConfigError(f'--restart could not move {workdir} aside to {aside}: {e.strerror or e}') from None
+        lock.release()
+        _check_writable(workdir)
+        lock = WorkdirLock(workdir).acquire()
+        print(f'Moved the previous run to {aside}', flush=True)
+      parallel.barrier('jaxlab_prepare_workdir')  # the others must not see the old run half moved
+    elif saved is not None:
+      config_lib.check_same(saved, config, f'workdir {workdir} holds a run with a different config')
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+  return lock
+
+
+def _check_writable(workdir: str) -> None:
+  import jax
+  path = epath.Path(workdir)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f'.write_test.{jax.process_index()}.{os.getpid()}'  # processes of one job share the workdir
+    probe.write_text('ok')
+    probe.unlink()
+  except ImportError as e:  # a bucket URL whose filesystem package is missing
+    raise ConfigError(f'workdir {workdir}: {e}') from None
+  except OSError as e:
+    raise ConfigError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
+
+
+def _holds_a_run(workdir: str) -> bool:
+  return any(p.name not in (LOCK_FILE,) and not p.name.startswith('.write_test.')
+             for p in epath.Path(workdir).iterdir())

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxlab import compile_ahead
 from jaxlab.errors import JaxlabError
+from jaxlab.run import compile_ahead
 
 CORRUPT_DIR = 'corrupt'  # <checkpoints>/../corrupt/<step>-<time>: steps that failed verification
 
@@ -67,7 +67,7 @@ def _checksums(tree: Any) -> list[jax.Array]:
 
 
 def compile_checksums(tree: Any) -> None:
-  """Compiles `checksum`'s program for trees of `tree`'s abstract leaves (see jaxlab.compile_ahead)."""
+  """Compiles `checksum`'s program for trees of `tree`'s abstract leaves (see jaxlab.run.compile_ahead)."""
   compile_ahead.compile_for(_checksums, tree)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from etils import epath
 
-from jaxlab.trackers import Trackers
+from jaxlab.observe.trackers import Trackers
 
 METRICS_FILE = 'metrics.jsonl'
 SHOWCASE_DIR = 'samples'

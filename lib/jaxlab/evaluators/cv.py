@@ -16,9 +16,9 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxlab import train
 from jaxlab.data import folds
 from jaxlab.errors import ConfigError
+from jaxlab.run import train
 
 RESULTS_FILE = 'cv.json'
 FOLD_SOURCES = ('mnist1d', 'tfds', 'standin')  # the data sources that carve folds

@@ -24,10 +24,10 @@ import time
 from typing import Any, Mapping, Sequence
 
 from jaxlab import config as config_lib
-from jaxlab import logging
-from jaxlab import sweep as sweep_lib
-from jaxlab import workdir_lock
 from jaxlab.errors import ConfigError, JaxlabError
+from jaxlab.launch import sweep as sweep_lib
+from jaxlab.observe import logging
+from jaxlab.run import workdir_lock
 
 STUDY_FILE, BEST_FILE = 'study.db', 'best.json'
 STUDY_NAME = 'search'

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from etils import epath
 
-from jaxlab.logging import METRICS_FILE, parse_line
+from jaxlab.observe.logging import METRICS_FILE, parse_line
 
 
 def read(workdir: str, metric: str, split: str = 'train') -> tuple[np.ndarray, np.ndarray]:

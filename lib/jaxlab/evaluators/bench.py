@@ -18,8 +18,9 @@ import optax
 from flax.core import meta
 
 from jaxlab import config as config_lib
-from jaxlab import data, models, optim, train
+from jaxlab import data, models, optim
 from jaxlab.errors import ConfigError
+from jaxlab.run import program, train
 
 WARMUP_STEPS = 50
 HAND_LOOP_TASKS = ('classification', 'language_model')
@@ -118,7 +119,7 @@ def run(config: ml_collections.ConfigDict, steps: int = 2000, repeats: int = 5) 
                       f'task is {config.task!r}')
   print(f'bench: model {config.model.name}, optimizer {config.optimizer.name}, batch {config.data.batch_size}, '
         f'{jax.device_count()} {jax.devices()[0].platform} device(s); {repeats} repeats of {steps} steps', flush=True)
-  print(format_memory(train.compiled_memory(config)), flush=True)
+  print(format_memory(program.compiled_memory(config)), flush=True)
   framework, hand = _alternating(repeats, {'framework': lambda: framework_steps_per_sec(config, steps),
                                            'hand loop': lambda: hand_loop_steps_per_sec(config, steps)})
   result = {'framework_steps_per_sec': framework, 'hand_steps_per_sec': hand}

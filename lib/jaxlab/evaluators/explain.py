@@ -20,9 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from jaxlab import attacks, attribution, robustness, tasks, train
 from jaxlab import config as config_lib
+from jaxlab import tasks
 from jaxlab.errors import ConfigError
+from jaxlab.evaluators import attribution, robustness
+from jaxlab.run import program as program_lib
+from jaxlab.tasks import attacks
 
 RESULTS_FILE = 'explain.json'
 TARGETS = ('predicted', 'label')
@@ -79,12 +82,12 @@ def explain(workdir: str, split: str = 'test', num: int = 16, methods: Sequence[
   """Computes, saves and plots every method's maps; returns the report written to explain.json."""
   _check_arguments(num, methods, target, ig_steps, smoothgrad_samples)
   config = robustness.classification_run_config(workdir, 'explain')
-  step, program, state = train.restore_checkpoint(config, workdir)
+  step, program, state = program_lib.restore_checkpoint(config, workdir)
   if split not in program.source.eval_splits:
     raise ConfigError(f'--split {split!r} is not a split of this run; it has {", ".join(program.source.eval_splits)}')
   if program.per_replica:
     state = jax.tree.map(lambda a: a[0], state)  # replica 0: the run's own seed
-  task = tasks.make(config, program.source)
+  task = tasks.make(config, program.source, program_lib.read_run)
   inputs, labels = _first_examples(program.source, split, num)
   random_state = jax.jit(task.init)(jax.random.PRNGKey(config.seed + 1), program.source.example_batch())
   predicted = np.asarray(jnp.argmax(task.logits_fn(state)(inputs), -1))

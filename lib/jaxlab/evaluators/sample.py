@@ -11,16 +11,18 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxlab import checkpoint, data, images, logging, tasks, train
 from jaxlab import config as config_lib
+from jaxlab import data, tasks
 from jaxlab.data import text
 from jaxlab.errors import ConfigError
-from jaxlab.logging import SHOWCASE_DIR
+from jaxlab.observe import images, logging
+from jaxlab.observe.logging import SHOWCASE_DIR
+from jaxlab.run import checkpoint, program
 
 
 def _restore_state(workdir: str, task: Any, example: Any, which: str) -> tuple[int, Any]:
   """(step, TrainState) of the newest or best checkpoint of `workdir`, on one device."""
-  directory = epath.Path(workdir) / train.CHECKPOINT_DIRS[which]
+  directory = epath.Path(workdir) / program.CHECKPOINT_DIRS[which]
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0), example)
   target = checkpoint.abstract_with_shardings(abstract, jax.tree.map(lambda _: device, abstract))
@@ -52,7 +54,7 @@ def images_from_workdir(workdir: str, num: int, seed: int, which: str = 'newest'
   config_lib.require(num > 0, f'--num must be positive, got {num}')
   config = _saved_config(workdir)
   source = data.make_source(config.data, config.seed, workdir)
-  task = tasks.make(config, source)
+  task = tasks.make(config, source, program.read_run)
   if not hasattr(task, 'sample_images'):
     raise ConfigError(f'{workdir} holds a {config.task!r} run, which does not generate images; sample needs a '
                       'gan or vae run, or a language model')
@@ -72,7 +74,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, text.Vocabulary, 
                       'sample needs a GPT or RNN language model trained on text')
   # A task's factory reads only the vocabulary and the window length from its source.
   source = types.SimpleNamespace(vocab=vocab, num_classes=vocab.size, block_size=config.data.block_size)
-  task = tasks.make(config, source)
+  task = tasks.make(config, source, program.read_run)
   if not hasattr(task, 'generate'):
     raise ConfigError(f'{workdir} holds a {config.task!r} run, which cannot generate text; sample needs a GPT '
                       'or RNN language model (task language_model)')

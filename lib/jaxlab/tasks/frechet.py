@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.attacks import PixelSpace
+from jaxlab import config as config_lib
+from jaxlab import models
 from jaxlab.errors import ConfigError
+from jaxlab.tasks.attacks import PixelSpace, pixel_space
 
 HEAD = 'head'
 
@@ -76,16 +78,13 @@ class FeatureNet:
     return head_inputs(self.model, self.variables, self.pixel_space.to_inputs(pixels))
 
 
-def load(workdir: str) -> FeatureNet:
-  """The features of the classification run in `workdir` (its newest checkpoint)."""
-  from jaxlab import attacks, init_from_run, models
-  from jaxlab import config as config_lib
+def load(workdir: str, read_run: Callable[[str, str], Any]) -> FeatureNet:
+  """The features of the classification run in `workdir` (its newest checkpoint, read by `read_run`)."""
   task = config_lib.read_run(workdir).task
   if task != 'classification':
     raise ConfigError(f'{workdir} holds a {task!r} run; the Fréchet features need a classification run')
-  _, config, source, state = init_from_run.restore_run(workdir, what='the Fréchet classifier')
-  variables = init_from_run.first_replica(config, {'params': state.params, **state.model_state})
-  return FeatureNet(models.create(config.model, source.num_classes), variables, attacks.pixel_space(config.data))
+  run = read_run(workdir, 'the Fréchet classifier')
+  return FeatureNet(models.create(run.config.model, run.num_classes), run.variables, pixel_space(run.config.data))
 
 
 def set_moments(features: Callable[[jax.Array], jax.Array], pixels: np.ndarray,

@@ -17,9 +17,11 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxlab.errors import ConfigError
+
 
 def param_axes(model: nn.Module, inputs: jax.Array) -> Any:
   """The model's parameters as a tree of logical PartitionSpecs (P() where a parameter names none)."""

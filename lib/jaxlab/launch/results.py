@@ -8,8 +8,8 @@ import os
 import statistics
 from typing import Any, Sequence
 
-from jaxlab import sweep as sweep_lib
 from jaxlab.errors import ConfigError
+from jaxlab.launch import sweep as sweep_lib
 
 CSV_FILE, MARKDOWN_FILE = 'results.csv', 'results.md'
 EVAL_PREFIXES = ('test_', 'validation_')

@@ -15,11 +15,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxlab import data, metrics
+from jaxlab import data
 from jaxlab.data import Batch, Source, folds
 from jaxlab.errors import ConfigError
-from jaxlab.state import TrainState
+from jaxlab.observe import metrics
 from jaxlab.tasks.base import Metrics, Task
+from jaxlab.tasks.state import TrainState
 
 
 def init_keys(seed: int, num_replicas: int) -> jax.Array:

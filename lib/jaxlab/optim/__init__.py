@@ -10,8 +10,9 @@ import ml_collections
 import optax
 
 from jaxlab import config as config_lib
-from jaxlab import pruning
 from jaxlab.errors import ConfigError
+from jaxlab.optim import pruning
+from jaxlab.optim.paths import parameter_paths, paths_tree
 
 SCHEDULES = ('constant', 'cosine', 'linear', 'step')
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'rmsprop')
@@ -96,17 +97,8 @@ def _freezer(frozen: str, linear_probe: bool) -> Callable[[Any], Any]:
                                                   f'parameters are {", ".join(paths)}')
       config_lib.require(not all(is_frozen.values()), f'optimizer.frozen {frozen!r} matches every parameter: '
                                                       'nothing would train')
-    return jax.tree.map(lambda path: 'frozen' if is_frozen[path] else 'trained', _paths_tree(params))
+    return jax.tree.map(lambda path: 'frozen' if is_frozen[path] else 'trained', paths_tree(params))
   return labels
-
-
-def parameter_paths(params: Any) -> list[str]:
-  """'Dense_0/kernel', ...: every parameter's '/'-joined path, in the tree's order."""
-  return jax.tree.leaves(_paths_tree(params))
-
-
-def _paths_tree(params: Any) -> Any:
-  return jax.tree_util.tree_map_with_path(lambda path, _: '/'.join(str(getattr(k, 'key', k)) for k in path), params)
 
 
 def learning_rates(opt_state: Any) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from jaxlab import config as config_lib
-from jaxlab import workdir_lock
 from jaxlab.errors import ConfigError, JaxlabError
+from jaxlab.run import workdir_lock
 
 Point = dict[str, Any]
 Axis = tuple[str, Sequence[Any]] | Sequence[Point]
@@ -73,7 +73,7 @@ def zip(*axes: Axis) -> list[Point]:  # noqa: A001 - big_vision's name for it
 def mnist1d_sweep(arg: str | None = None) -> list[Point]:
   """The MNIST-1D configs' sweep: learning rate around the paper's 1e-2, three seeds each.
 
-  Those configs bind it as their own `sweep` (`from jaxlab.sweep import mnist1d_sweep as sweep`),
+  Those configs bind it as their own `sweep` (`from jaxlab.launch.sweep import mnist1d_sweep as sweep`),
   so `launch.py sweep --config configs/mnist1d/<model>.py` runs it.
   """
   del arg

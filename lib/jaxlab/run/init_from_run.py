@@ -19,10 +19,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxlab import optim
 from jaxlab import config as config_lib
-from jaxlab.errors import ConfigError, JaxlabError
-from jaxlab.state import TrainState
+from jaxlab.errors import ConfigError
+from jaxlab.optim.paths import parameter_paths
+from jaxlab.tasks.state import TrainState
 
 CHECKPOINTS = ('newest', 'best')  # train.CHECKPOINT_DIRS' keys; train imports this module
 
@@ -60,7 +60,7 @@ def _flat(state: TrainState) -> dict[str, Any]:
   """'collection:path' -> array, for params and every model-state collection."""
   collections = {'params': state.params, **state.model_state}
   return {f'{name}:{path}': leaf for name, tree in collections.items()
-          for path, leaf in zip(optim.parameter_paths(tree), jax.tree.leaves(tree))}
+          for path, leaf in zip(parameter_paths(tree), jax.tree.leaves(tree))}
 
 
 def _rename(source: dict[str, Any], rules: list[tuple[re.Pattern, str]], workdir: str) -> dict[str, str]:
@@ -105,22 +105,9 @@ def plan(target: dict[str, Any], source: dict[str, Any], init: ml_collections.Co
   return chosen
 
 
-def restore_run(workdir: str, which: str = 'newest', step: int = 0, what: str = 'init.workdir') -> tuple[
-    int, ml_collections.ConfigDict, Any, TrainState]:
-  """(step, config, data source, state) of another run's checkpoint (`which`, or `step` > 0), read
-  onto this process's devices with everything replicated; its replicas' leading axis kept."""
-  from jaxlab import train  # train imports this module
-  source_config = config_lib.read_run(workdir)
-  with source_config.unlocked():
-    # Uncompared keys: read onto all devices, everything replicated, the batch unsplit; no attacks.
-    source_config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=-1))
-    source_config.sharding_rules = ()
-    source_config.eval.attack_eps = ()
-  try:
-    found, program, state = train.restore_checkpoint(source_config, workdir, which, step)
-  except JaxlabError as e:
-    raise ConfigError(f'{what}: {e}') from None
-  return found, source_config, program.source, state
+def check_not_itself(init: ml_collections.ConfigDict, workdir: str) -> None:
+  config_lib.require(init.workdir.rstrip('/') != workdir.rstrip('/'), f'init.workdir is this run\'s own workdir '
+                                                                      f'{workdir}; it resumes from its own checkpoints')
 
 
 def first_replica(config: ml_collections.ConfigDict, tree: Any) -> Any:
@@ -129,12 +116,11 @@ def first_replica(config: ml_collections.ConfigDict, tree: Any) -> Any:
   return jax.tree.map(lambda v: np.asarray(v[0] if config.num_replicas > 1 else v), tree)
 
 
-def load(config: ml_collections.ConfigDict, state: TrainState, workdir: str) -> TrainState:
-  """`state` (freshly initialised, laid out for this run) with the arrays `config.init` names loaded into it."""
+def load(config: ml_collections.ConfigDict, state: TrainState, step: int, source_config: ml_collections.ConfigDict,
+         source_state: TrainState) -> TrainState:
+  """`state` (freshly initialised, laid out for this run) with the arrays `config.init` names loaded into it
+  from `source_state`, the checkpoint of `step` of the run `init.workdir` (whose config is `source_config`)."""
   init = config.init
-  config_lib.require(init.workdir.rstrip('/') != workdir.rstrip('/'), f'init.workdir is this run\'s own workdir '
-                                                                      f'{workdir}; it resumes from its own checkpoints')
-  step, source_config, _, source_state = restore_run(init.workdir, init.checkpoint, init.step)
   # A run of several replicas (seeds) gives its first; a run of several takes the same arrays in each.
   source = first_replica(source_config, _flat(source_state))
   target = _flat(state)
@@ -162,7 +148,7 @@ def load(config: ml_collections.ConfigDict, state: TrainState, workdir: str) -> 
 def _unflat(state: TrainState, flat: dict[str, Any]) -> TrainState:
   """`state` with its params and model state replaced by the arrays of `flat` (same keys as `_flat(state)`)."""
   def collection(name: str, tree: Any) -> Any:
-    paths = optim.parameter_paths(tree)
+    paths = parameter_paths(tree)
     return jax.tree.unflatten(jax.tree.structure(tree), [flat[f'{name}:{p}'] for p in paths])
   return state.replace(params=collection('params', state.params),
                        model_state={name: collection(name, tree) for name, tree in state.model_state.items()})

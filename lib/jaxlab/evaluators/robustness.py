@@ -13,9 +13,10 @@ from typing import Any, Sequence
 import ml_collections
 from etils import epath
 
-from jaxlab import attacks, train
 from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
+from jaxlab.run import evaluation
+from jaxlab.tasks import attacks
 
 RESULTS_FILE = 'attack.json'
 PLOT_FILE = 'attack.png'
@@ -49,7 +50,7 @@ def attack(workdir: str, eps: Sequence[float], methods: Sequence[str], pgd_steps
     config.eval.update(dict(attack_eps=tuple(eps), attacks=tuple(methods), pgd_steps=pgd_steps,
                             pgd_restarts=pgd_restarts, pgd_step_size=pgd_step_size))
   chosen = attacks.from_config(config)  # bad settings: one line before any data is read
-  step, results = train.evaluate_checkpoint(config, workdir, num_examples)
+  step, results = evaluation.evaluate_checkpoint(config, workdir, num_examples)
   report = {'step': step, 'examples': {split: m['examples'] for split, m in results.items()}, 'eps': list(eps), 'methods': list(methods), 'pgd_steps': pgd_steps,
             'pgd_restarts': pgd_restarts, 'pgd_step_size': pgd_step_size or None,
             'splits': {split: {'clean': m['accuracy'],

@@ -27,8 +27,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from jaxlab import checkpoint
 from jaxlab.errors import ConfigError
+from jaxlab.run import checkpoint
 
 BEST_DIR = 'best'
 

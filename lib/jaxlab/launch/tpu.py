@@ -27,7 +27,7 @@ import tempfile
 import time
 from typing import Sequence
 
-from jaxlab.remote import ArgumentParser, UsageError, log_dir, split_launch_args
+from jaxlab.launch.remote import ArgumentParser, UsageError, log_dir, split_launch_args
 
 ACTIONS = ('run', 'status', 'logs', 'stop', 'delete')
 REMOTE_DIR = '~/jaxlab'  # code, installs and relative workdirs live here on every worker

@@ -6,7 +6,7 @@
 
 `run` writes an sbatch script next to the run's logs (the workdir, as for `launch.py tpu`) and
 submits it. The script starts one process per GPU (or per node with `--processes per-node`)
-through `srun`; each joins the job by reading SLURM's environment (jaxlab.distributed). SLURM
+through `srun`; each joins the job by reading SLURM's environment (jaxlab.parallel.distributed). SLURM
 sends the script SIGTERM `--stop-before` seconds before the time limit: it passes the signal on
 to the processes, which save a checkpoint and exit, and requeues the job, whose next start
 resumes from that checkpoint. `stop` sends the processes SIGTERM (they save and exit; no
@@ -33,7 +33,15 @@ import sys
 import tomllib
 from typing import Sequence
 
-from jaxlab.remote import ArgumentParser, UsageError, default_workdir, flag_value, log_dir, split_launch_args, workdir_of
+from jaxlab.launch.remote import (
+  ArgumentParser,
+  UsageError,
+  default_workdir,
+  flag_value,
+  log_dir,
+  split_launch_args,
+  workdir_of,
+)
 
 ACTIONS = ('run', 'status', 'logs', 'stop')
 SCRIPT_NAME = 'slurm-job.sbatch'

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxlab.errors import ConfigError
-from jaxlab.state import TrainState
 from jaxlab.tasks.base import Batch, Metrics, Task
+from jaxlab.tasks.state import TrainState
 
 
 def micro_batches(batch: Batch, k: int) -> Batch:

@@ -21,6 +21,7 @@ import optax
 
 from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
+from jaxlab.optim.paths import parameter_paths
 
 
 class PruneState(NamedTuple):
@@ -43,9 +44,8 @@ def _rules(sparsity: Any) -> list[tuple[re.Pattern, float]]:
 
 def targets(params: Any, sparsity: Any) -> Any:
   """The tree of params' target sparsities (0: not pruned); every rule must match some parameter."""
-  from jaxlab import optim
   rules, used = _rules(sparsity), set()
-  paths = optim.parameter_paths(params)
+  paths = parameter_paths(params)
 
   def target(path: str) -> float:
     for i, (pattern, fraction) in enumerate(rules):
@@ -107,10 +107,9 @@ def validate(prune: ml_collections.ConfigDict, num_steps: int) -> None:
 
 def nonzeros(params: Any) -> dict[str, list[int]]:
   """{path: [nonzero, total]} for every parameter (all replicas together)."""
-  from jaxlab import optim
   counts = jax.device_get(jax.jit(lambda p: [jnp.count_nonzero(x) for x in jax.tree.leaves(p)])(params))
   sizes = [int(np.prod(x.shape)) for x in jax.tree.leaves(params)]
-  return {path: [int(c), n] for path, c, n in zip(optim.parameter_paths(params), counts, sizes)}
+  return {path: [int(c), n] for path, c, n in zip(parameter_paths(params), counts, sizes)}
 
 
 def format_nonzeros(table: dict[str, list[int]]) -> str:
