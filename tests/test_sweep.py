@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, launch
 
 from jaxlab.errors import ConfigError
-from jaxlab.launch import sweep
+from jaxlab.launch import results, sweep
 
 TINY_CONFIG = '''
 from jaxlab import config as config_lib
@@ -86,11 +86,11 @@ def test_shipped_configs_declare_seed_sweeps():
 
 
 def test_sweep_parents_never_import_jax_and_name_the_summary_as_train_does():
-  """Why sweep.SUMMARY_FILE is its own constant: importing train's would start JAX in every sweep parent."""
+  """Why results.SUMMARY_FILE is its own constant: importing train's would start JAX in every sweep parent."""
   from jaxlab.run import train
-  assert sweep.SUMMARY_FILE == train.SUMMARY_FILE
+  assert results.SUMMARY_FILE == train.SUMMARY_FILE
   spec = os.path.join(ROOT, 'configs', 'mnist1d', 'cnn.py')
-  code = (f'import sys; from jaxlab import results, search, sweep; sweep.resolve({spec!r}, sweep.load({spec!r})); '
+  code = (f'import sys; from jaxlab.launch import results, search, sweep; sweep.resolve({spec!r}, sweep.load({spec!r})); '
           'print("jax" in sys.modules)')
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert proc.returncode == 0, proc.stderr

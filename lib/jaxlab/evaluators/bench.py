@@ -15,6 +15,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import optax
+from absl import flags
 from flax.core import meta
 
 from jaxlab import config as config_lib
@@ -179,3 +180,22 @@ def run_replicas(config: ml_collections.ConfigDict, num_replicas: int = 8, repea
   print(f'median: {num_replicas} vmapped seeds {result["vmapped_seconds"]:.1f}s | {num_replicas} separate runs '
         f'{result["separate_seconds"]:.1f}s | speed-up {result["speedup"]:.2f}x', flush=True)
   return result
+
+
+def define_command() -> Callable[[Any], None]:
+  """`bench`: the config's steps/s through the loop against a hand-written loop (or another config, or replicas)."""
+  steps = flags.DEFINE_integer('bench_steps', 2000, 'Timed steps per repeat.')
+  repeats = flags.DEFINE_integer('bench_repeats', 5, 'Repeats (the median is reported).')
+  replicas = flags.DEFINE_integer(
+      'bench_replicas', 0, '>0: times that many seeds as one vmapped run against as many separate runs.')
+  against = flags.DEFINE_list('bench_against', [], 'key=value overrides: times the config with them against the '
+                                                   'config without.')
+
+  def command(invocation: Any) -> None:
+    if against.value:
+      run_against(invocation.config, against.value, steps=steps.value, repeats=repeats.value)
+    elif replicas.value:
+      run_replicas(invocation.config, replicas.value, repeats=repeats.value)
+    else:
+      run(invocation.config, steps=steps.value, repeats=repeats.value)
+  return command

@@ -10,10 +10,13 @@ folds one run at a time.
 from __future__ import annotations
 
 import json
-from typing import Any
+import os
+from typing import Any, Callable
 
+import jax
 import ml_collections
 import numpy as np
+from absl import flags
 from etils import epath
 
 from jaxlab.data import folds
@@ -66,3 +69,20 @@ def format_table(report: dict[str, Any]) -> str:
     rows.append(f'| {name} | {entry["mean"]:.4f} ± {entry["std"]:.4f} | '
                 + ' | '.join(f'{v:.4f}' for v in entry['folds']) + ' |')
   return '\n'.join(rows)
+
+
+def define_command() -> Callable[[Any], None]:
+  """`cv`: stratified k-fold cross-validation of the config, the folds as replicas of one program."""
+  folds = flags.DEFINE_integer('folds', 5, 'Number of folds k.')
+
+  def command(invocation: Any) -> None:
+    workdir = invocation.workdir('cv-')
+    lead = jax.process_index() == 0  # every process of a multi-process job would print the same
+    if lead:
+      print(invocation.config, flush=True)
+    report = run(invocation.config, folds.value, workdir, restart=invocation.restart)
+    if lead:
+      print(f'{report["folds"]}-fold cross-validation, step {report["step"]}:')
+      print(format_table(report))
+      print(f'Saved {os.path.join(workdir, RESULTS_FILE)}', flush=True)
+  return command

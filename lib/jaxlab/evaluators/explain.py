@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Sequence
+import os
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from etils import epath
 
 from jaxlab import config as config_lib
@@ -194,3 +196,25 @@ def format_table(report: dict[str, Any]) -> str:
     rows.append(f'| {method} | {entry["rank_correlation_with_reinitialised"]:.3f} | '
                 f'{"-" if completeness is None else f"{100 * completeness:.2f} %"} |')
   return '\n'.join(rows)
+
+
+def define_command() -> Callable[[Any], None]:
+  """`explain`: attribution maps of a classification run and their sanity check (explain.json, explain_*.png)."""
+  split = flags.DEFINE_string('split', 'test', 'The split whose first examples are explained.')
+  num = flags.DEFINE_integer('num', 16, 'How many examples.')
+  methods = flags.DEFINE_list('methods', ['saliency', 'grad_x_input', 'integrated_gradients', 'smoothgrad'],
+                              'Attribution methods.')
+  target = flags.DEFINE_string('target', 'predicted', 'The logit explained, the predicted class or the label.')
+  ig_steps = flags.DEFINE_integer('ig_steps', 256, 'Integrated-gradients quadrature steps.')
+  smoothgrad_samples = flags.DEFINE_integer('smoothgrad_samples', 50, 'SmoothGrad noisy samples.')
+
+  def command(invocation: Any) -> None:
+    workdir = invocation.run_to_read('explain', 'the classification run to explain')
+    report = explain(workdir, split.value, num.value, methods.value, target.value, ig_steps.value,
+                     smoothgrad_samples.value)
+    print(f'Attribution maps of {len(report["labels"])} {report["split"]} examples, checkpoint of step '
+          f'{report["step"]}, target: the {report["target"]} class')
+    print(format_table(report))
+    print(f'Saved {os.path.join(workdir, RESULTS_FILE)} and '
+          f'{", ".join(plot_file(m) for m in report["methods"])}', flush=True)
+  return command

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Sequence
+import os
+from typing import Any, Callable, Sequence
 
 import ml_collections
+from absl import flags
 from etils import epath
 
 from jaxlab import config as config_lib
@@ -93,3 +95,25 @@ def format_table(report: dict[str, Any]) -> str:
       cells = ' | '.join(f'{100 * a:.2f} %' for a in curves[method])
       rows.append(f'| {split} | {method} | {100 * curves["clean"]:.2f} % | {cells} |')
   return '\n'.join(rows)
+
+
+def define_command() -> Callable[[Any], None]:
+  """`attack`: a classification run's accuracy under FGSM and PGD against epsilon (attack.json, attack.png)."""
+  eps = flags.DEFINE_list('eps', ['0.1', '0.2', '0.3'], 'L-infinity radii (pixel units for images).')
+  methods = flags.DEFINE_list('attacks', ['fgsm', 'pgd'], 'Methods (fgsm, pgd).')
+  pgd_steps = flags.DEFINE_integer('pgd_steps', 100, 'PGD steps.')
+  pgd_restarts = flags.DEFINE_integer('pgd_restarts', 1, 'PGD random restarts.')
+  num_examples = flags.DEFINE_integer('num_examples', 0, 'The first N examples of each split, in whole evaluation '
+                                                         'batches (0: all).')
+
+  def command(invocation: Any) -> None:
+    workdir = invocation.run_to_read('attack', 'the classification run to attack')
+    report = attack(workdir, parse_eps(eps.value), methods.value, pgd_steps.value, pgd_restarts.value,
+                    num_examples=num_examples.value)
+    n = num_examples.value
+    print(f'Accuracy under attack, checkpoint of step {report["step"]}, '
+          f'{"all" if not n else f"the first {n}"} examples per split '
+          f'(PGD: {pgd_steps.value} steps, {pgd_restarts.value} restart(s)):')
+    print(format_table(report))
+    print(f'Saved {os.path.join(workdir, RESULTS_FILE)} and {PLOT_FILE}', flush=True)
+  return command

@@ -4,11 +4,12 @@ or best checkpoint)."""
 from __future__ import annotations
 
 import types
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 from etils import epath
 
 from jaxlab import config as config_lib
@@ -98,3 +99,29 @@ def from_workdir(workdir: str, prompt: str, num_tokens: int, temperature: float,
   step, state = _restore_state(workdir, task, example, which)
   out = task.generate(state.params, np.tile(tokens, (num_samples, 1)), jax.random.key(seed), num_tokens, temperature, top_k)
   return step, [vocab.decode(row) for row in np.asarray(out)]
+
+
+def define_command() -> Callable[[Any], None]:
+  """`sample`: text from a language-model run; from a GAN or VAE run, a grid of images in its samples/ folder."""
+  prompt = flags.DEFINE_string('prompt', '\n', 'Language model: the text to continue (default: a newline).')
+  num_tokens = flags.DEFINE_integer('num_tokens', 500, 'Language model: tokens to generate per sample.')
+  temperature = flags.DEFINE_float('temperature', 1.0, 'Language model: softmax temperature; 0 is greedy.')
+  top_k = flags.DEFINE_integer('top_k', 0, 'Language model: draw only from the k likeliest tokens (0: all).')
+  num_samples = flags.DEFINE_integer('num_samples', 1, 'Language model: how many texts.')
+  num = flags.DEFINE_integer('num', 16, 'GAN or VAE: how many images.')
+  seed = flags.DEFINE_integer('seed', 0, 'The random seed; the same seed gives the same samples.')
+  which = flags.DEFINE_enum('checkpoint', 'newest', ['newest', 'best'],
+                            'The newest checkpoint, or the best one kept by early stopping.')
+
+  def command(invocation: Any) -> None:
+    workdir = invocation.run_to_read('sample', 'the run to sample from')
+    if not is_text_run(workdir):
+      step, path = images_from_workdir(workdir, num.value, seed.value, which.value)
+      print(f'{num.value} images | {which.value} checkpoint, step {step} | seed {seed.value} | {path}')
+      return
+    step, texts = from_workdir(workdir, prompt.value, num_tokens.value, temperature.value, top_k.value, seed.value,
+                               num_samples.value, which.value)
+    for i, sample_text in enumerate(texts):
+      print(f'--- sample {i + 1}/{len(texts)} | {which.value} checkpoint, step {step} | seed {seed.value} ---')
+      print(sample_text, flush=True)
+  return command

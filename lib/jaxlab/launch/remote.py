@@ -15,7 +15,13 @@ class UsageError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse that raises UsageError instead of printing usage and exiting."""
+  """argparse that raises UsageError instead of printing usage and exiting, and spells options with
+  underscores as every jaxlab command does (`--retry_wait`); the hyphenated spelling of gcloud and sbatch
+  (`--retry-wait`, `--gpus-per-node`) stays an alias."""
+
+  def add_argument(self, *names: str, **kwargs):
+    underscored = [f'--{n[2:].replace("-", "_")}' for n in names if n.startswith('--') and '-' in n[2:]]
+    return super().add_argument(*underscored, *names, **kwargs)
 
   def error(self, message: str):
     raise UsageError(message)

@@ -6,31 +6,63 @@ import csv
 import json
 import os
 import statistics
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from jaxlab.errors import ConfigError
-from jaxlab.launch import sweep as sweep_lib
+from absl import flags
+
+from jaxlab.errors import ConfigError, JaxlabError
 
 CSV_FILE, MARKDOWN_FILE = 'results.csv', 'results.md'
 EVAL_PREFIXES = ('test_', 'validation_')
 
 
+# train.SUMMARY_FILE, written at the end of a run; not imported from there, as train imports JAX
+# and sweep/search parents never start it.
+SUMMARY_FILE = 'summary.json'
+MANIFEST = 'sweep.json'  # a sweep's (or search's) list of points and their workdirs
+STUDY_FILE = 'study.db'  # a search's Optuna study, beside the manifest
+
+
+
+def default_metric(names: Iterable[str]) -> str | None:
+  """The metric shown when none is asked for: test_accuracy where the runs report it, else their first test
+  metric (an RL run's test_return); None where they report none."""
+  tests = sorted(n for n in names if n.startswith('test_'))
+  return 'test_accuracy' if 'test_accuracy' in tests else (tests[0] if tests else None)
+
+
+def is_seed_key(key: str) -> bool:
+  return key.split('.')[-1] == 'seed'
+
+def completed(summary: Mapping[str, Any], num_steps: int) -> bool:
+  """True for a final summary at step `num_steps`, or of a run that stopped early; not a preempted one."""
+  return (summary.get('step') == num_steps or bool(summary.get('stopped_early'))) and not summary.get('preempted')
+
+
+def read_summary(point_dir: str) -> dict[str, Any] | None:
+  """The summary.json a run in `point_dir` wrote, or None if there is none (or it is unreadable)."""
+  try:
+    with open(os.path.join(point_dir, SUMMARY_FILE)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
 def collect(workdir: str) -> tuple[list[dict[str, Any]], list[str]]:
   """One row per point of the sweep in `workdir` (its overrides, status, summary) and the swept keys."""
   try:
-    with open(os.path.join(workdir, sweep_lib.MANIFEST)) as f:
+    with open(os.path.join(workdir, MANIFEST)) as f:
       manifest = json.load(f)
   except OSError:
-    raise ConfigError(f'no {sweep_lib.MANIFEST} in {workdir}: not a sweep workdir') from None
+    raise ConfigError(f'no {MANIFEST} in {workdir}: not a sweep workdir') from None
   keys = list(dict.fromkeys(k for p in manifest['points'] for k in p['overrides']))
   rows = []
   for point in manifest['points']:
     row = {'name': point['name'], **point['overrides']}
-    summary = sweep_lib.read_summary(os.path.join(workdir, point['name']))
+    summary = read_summary(os.path.join(workdir, point['name']))
     if summary is None:
       row['status'] = 'missing'
     else:
-      finished = sweep_lib.completed(summary, summary.get('num_steps'))
+      finished = completed(summary, summary.get('num_steps'))
       row['status'] = 'done' if finished else 'partial'
       row.update({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     rows.append(row)
@@ -48,7 +80,7 @@ def aggregate(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequ
 
   std is the sample standard deviation over the group's seeds (0 for a single seed).
   """
-  group_keys = [k for k in keys if not sweep_lib.is_seed_key(k)]
+  group_keys = [k for k in keys if not is_seed_key(k)]
   groups: dict[tuple, list[dict[str, Any]]] = {}
   for row in rows:
     if row['status'] == 'done':
@@ -135,10 +167,10 @@ def plot(groups: Sequence[dict[str, Any]], metric: str, path: str) -> bool:
 
 def write(workdir: str, metric: str | None = None, with_plot: bool = True) -> str:
   """Writes results.csv (every number), results.md and (`with_plot`) <metric>.png into the sweep's
-  workdir; returns the table. `metric` None: sweep.default_metric of what the runs report."""
+  workdir; returns the table. `metric` None: default_metric of what the runs report."""
   rows, keys = collect(workdir)
   metrics = metric_names(rows)
-  metric = metric or sweep_lib.default_metric(metrics) or 'test_accuracy'
+  metric = metric or default_metric(metrics) or 'test_accuracy'
   if metric not in metrics and any(r['status'] == 'done' for r in rows):
     raise ConfigError(f'metric {metric!r} is not in the runs\' summaries; they have: {", ".join(metrics)}')
   groups = aggregate(rows, keys, metrics)
@@ -151,3 +183,25 @@ def write(workdir: str, metric: str | None = None, with_plot: bool = True) -> st
   plotted = with_plot and plot(groups, metric, os.path.join(workdir, f'{metric}.png'))
   written = [CSV_FILE, MARKDOWN_FILE] + ([f'{metric}.png'] if plotted else [])
   return table + f'Wrote {", ".join(os.path.join(workdir, w) for w in written)}\n'
+
+
+def define_metric_flag(what: str) -> flags.FlagHolder:
+  return flags.DEFINE_string('metric', None, f'{what} (default test_accuracy, else the runs\' first test metric).')
+
+
+def report(workdir: str, metric: str | None, failed: int = 0, runs: str = 'sweep point(s)') -> None:
+  """Prints the table (and writes the plot) of a sweep or search workdir; a one-line error if runs failed."""
+  # A search's sampled values are all different: a line plot per value would show nothing.
+  is_search = os.path.exists(os.path.join(workdir, STUDY_FILE))
+  print(write(workdir, metric, with_plot=not is_search), end='', flush=True)
+  if failed:
+    raise JaxlabError(f'{failed} {runs} failed (their logs are above); the others are in the table')
+
+
+def define_command() -> Callable[[Any], None]:
+  """`results SWEEP_WORKDIR`: the table and plot of a sweep or search."""
+  metric = define_metric_flag('The summary metric to show and plot')
+
+  def command(invocation: Any) -> None:
+    report(invocation.args[0], metric.value)
+  return command

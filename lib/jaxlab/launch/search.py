@@ -21,15 +21,19 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import flags
 
 from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError, JaxlabError
+from jaxlab.launch import results
 from jaxlab.launch import sweep as sweep_lib
+from jaxlab.launch.results import MANIFEST, STUDY_FILE, read_summary
 from jaxlab.observe import logging
 from jaxlab.run import workdir_lock
 
-STUDY_FILE, BEST_FILE = 'study.db', 'best.json'
+BEST_FILE = 'best.json'
 STUDY_NAME = 'search'
 INSTALL_HINT = "pip install -e '.[search]'"
 
@@ -174,7 +178,7 @@ def trial_name(number: int) -> str:
 def write_manifest(workdir: str, spec: str, common: Mapping[str, Any], study: Any) -> None:
   """sweep.json listing every trial as a point, so results.py (and `launch.py results`) read the search."""
   points = [{'name': trial_name(t.number), 'overrides': t.params} for t in study.trials]
-  with open(os.path.join(workdir, sweep_lib.MANIFEST), 'w') as f:
+  with open(os.path.join(workdir, MANIFEST), 'w') as f:
     json.dump({'config': spec, 'common': {k: sweep_lib.format_value(v) for k, v in common.items()},
                'points': points}, f, indent=2)
 
@@ -295,7 +299,7 @@ def _finish(study: Any, r: _Running, point_dir: str, metric: str, counter: str, 
     study.tell(r.trial, state=state.PRUNED)
     print(f'{counter} pruned {trial} in {seconds:.1f}s at step {r.pruned_at} {shown}', flush=True)
     return True
-  value = (sweep_lib.read_summary(point_dir) or {}).get(metric)
+  value = (read_summary(point_dir) or {}).get(metric)
   if r.proc.returncode == 0 and sweep_lib.is_finished(point_dir, r.num_steps) and isinstance(value, (int, float)):
     study.tell(r.trial, value)
     print(f'{counter} done   {trial} in {seconds:.1f}s {metric} {value:.4f} {shown}', flush=True)
@@ -315,3 +319,22 @@ def _print_best(workdir: str, study: Any, metric: str, state: Any) -> None:
   overrides = ' '.join(f'--config.{k}={sweep_lib.format_value(v)}' for k, v in best['params'].items())
   print(f'best: {trial_name(best["trial"])} {metric} {best["value"]:.4f}: {overrides} '
         f'(in {os.path.join(workdir, BEST_FILE)})', flush=True)
+
+
+def define_command() -> Callable[[Any], None]:
+  """`search`: Optuna's TPE over the config's search space, trials as sweep points, then one table."""
+  parallel = sweep_lib.define_parallel_flag()
+  metric = flags.DEFINE_string('metric', 'validation_accuracy', 'The summary metric to tune.')
+  trials = flags.DEFINE_integer('trials', 20, 'Trials the study should hold in the end.')
+  direction = flags.DEFINE_enum('direction', None, ['maximize', 'minimize'],
+                                'Default minimize for a *loss metric, else maximize.')
+  seed = flags.DEFINE_integer('search_seed', 0, "The TPE sampler's seed.")
+
+  def command(invocation: Any) -> None:
+    workdir = invocation.workdir('search-')
+    chosen = direction.value or ('minimize' if metric.value.endswith('loss') else 'maximize')
+    failed = run(invocation.config_spec, workdir, trials=trials.value, common=invocation.overrides,
+                 parallel=parallel.value, launcher=invocation.launcher, metric=metric.value, direction=chosen,
+                 seed=seed.value)
+    results.report(workdir, metric.value, failed, 'trial(s)')
+  return command

@@ -53,7 +53,7 @@ FILE_KEYS = {'nodes': int, 'gpus_per_node': int, 'processes': str, 'cpus_per_tas
 
 
 def _parser() -> ArgumentParser:
-  p = ArgumentParser(prog='launch.py slurm')
+  p = ArgumentParser(prog='jaxlab slurm')
   p.add_argument('action', nargs='?', default='run', choices=ACTIONS)
   p.add_argument('--cluster', help='TOML file of defaults for the flags below (e.g. account, partition, setup)')
   p.add_argument('--nodes', type=int, default=1)

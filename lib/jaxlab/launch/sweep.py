@@ -23,18 +23,19 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from absl import flags
+
 from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError, JaxlabError
+from jaxlab.launch import results
+from jaxlab.launch.results import MANIFEST, completed, default_metric, read_summary
 from jaxlab.run import workdir_lock
 
 Point = dict[str, Any]
 Axis = tuple[str, Sequence[Any]] | Sequence[Point]
 
-MANIFEST = 'sweep.json'
+
 LOG_FILE = 'launch.log'
-# train.SUMMARY_FILE, written at the end of a run; not imported from there, as train imports JAX
-# and sweep/search parents never start it.
-SUMMARY_FILE = 'summary.json'
 _SAFE = re.compile(r'[^A-Za-z0-9._=,+-]')
 _MAX_NAME = 120
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -86,17 +87,6 @@ def load(spec: str) -> list[Point]:
   if not isinstance(points, list) or not points or not all(isinstance(p, dict) for p in points):
     raise ConfigError(f'{spec}: sweep() must return a non-empty list of dicts, got {points!r:.200}')
   return points
-
-
-def default_metric(names: Iterable[str]) -> str | None:
-  """The metric shown when none is asked for: test_accuracy where the runs report it, else their first test
-  metric (an RL run's test_return); None where they report none."""
-  tests = sorted(n for n in names if n.startswith('test_'))
-  return 'test_accuracy' if 'test_accuracy' in tests else (tests[0] if tests else None)
-
-
-def is_seed_key(key: str) -> bool:
-  return key.split('.')[-1] == 'seed'
 
 
 def format_value(value: Any) -> str:
@@ -159,20 +149,6 @@ def check_unchanged(workdir: str, points: Sequence[dict[str, Any]]) -> None:
     if saved is not None:
       config_lib.check_same(saved, point['config'], f'sweep point {point["name"]} in {workdir} ran with another config',
                             hint='Use another --workdir for the changed sweep.')
-
-
-def completed(summary: Mapping[str, Any], num_steps: int) -> bool:
-  """True for a final summary at step `num_steps`, or of a run that stopped early; not a preempted one."""
-  return (summary.get('step') == num_steps or bool(summary.get('stopped_early'))) and not summary.get('preempted')
-
-
-def read_summary(point_dir: str) -> dict[str, Any] | None:
-  """The summary.json a run in `point_dir` wrote, or None if there is none (or it is unreadable)."""
-  try:
-    with open(os.path.join(point_dir, SUMMARY_FILE)) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def is_finished(point_dir: str, num_steps: int) -> bool:
@@ -338,3 +314,20 @@ def _run_points(spec: str, workdir: str, points: list[dict[str, Any]], common: M
   finally:
     signal.signal(signal.SIGTERM, previous)
   return len(failed)
+
+
+def define_parallel_flag() -> flags.FlagHolder:
+  return flags.DEFINE_integer('parallel', 1, 'Runs at a time, each on its share of the CPU cores.')
+
+
+def define_command() -> Callable[[Any], None]:
+  """`sweep`: every point of the config's sweep, then one table."""
+  parallel = define_parallel_flag()
+  metric = results.define_metric_flag('The summary metric to show and plot')
+
+  def command(invocation: Any) -> None:
+    workdir = invocation.workdir('sweep-')
+    failed = run(invocation.config_spec, workdir, common=invocation.overrides, parallel=parallel.value,
+                 launcher=invocation.launcher, metric=metric.value)
+    results.report(workdir, metric.value, failed, 'sweep point(s)')
+  return command

@@ -42,7 +42,7 @@ GONE = ('', 'PREEMPTED', 'TERMINATED')  # '' = describe found no such TPU
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   """(options, launch.py arguments): everything after the first `--` is passed on untouched."""
   own, remote = split_launch_args(argv)
-  p = ArgumentParser(prog='launch.py tpu', add_help=True)
+  p = ArgumentParser(prog='jaxlab tpu')
   p.add_argument('action', nargs='?', default='run', choices=ACTIONS)
   p.add_argument('--tpu', required=True, help='TPU VM name')
   p.add_argument('--zone', required=True)

@@ -312,3 +312,15 @@ def format_summary(summary: dict[str, Any]) -> str:
   ordered = sorted(metrics, key=lambda k: (not k.startswith('test'), k))
   parts = [f'{k} {metrics[k]:.2%}' if k.endswith('accuracy') else f'{k} {metrics[k]:.4f}' for k in ordered]
   return ' | '.join([head, *parts, f'workdir {summary["workdir"]}'])
+
+
+def define_command() -> Callable[[Any], None]:
+  """`train` (the default command; no flags of its own): trains --config in --workdir, prints the summary line."""
+  def command(invocation: Any) -> None:
+    lead = jax.process_index() == 0  # every process of a multi-process job would print the same
+    if lead:
+      print(invocation.config, flush=True)
+    summary = train(invocation.config, invocation.workdir(), restart=invocation.restart)
+    if lead:
+      print(format_summary(summary), flush=True)
+  return command
