@@ -78,7 +78,7 @@ def test_a_run_traces_and_compiles_its_step_evaluation_and_checkpoint_programs_a
   # and finiteness programs are jitted once per process: only the fresh CNN run has shapes no test had.
   checked = ('one' if steps_per_call == 1 else 'steps', 'eval_step')
   if make_config is cnn and not resumed:
-    checked += ('_checksums', '_all_finite')
+    checked += ('_checksums', 'all_finite')
   for name in checked:
     for what in ('trace', 'compile'):
       assert len(threads(what, name)) == 1 and threads(what, name)[0].startswith(AHEAD_THREAD), (what, name, found)
