@@ -8,6 +8,16 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, 'launch.py')
+DATA_DIR = os.environ.get('JAXLAB_DATA_DIR', '')  # the real datasets (../shared/data); .ci/run sets it
+
+
+def needs_data(*paths: str) -> pytest.MarkDecorator:
+  """The mark of every test that reads real dataset files: skipped, saying which, unless each of `paths`
+  (relative to $JAXLAB_DATA_DIR) exists."""
+  missing = [p for p in paths if not (DATA_DIR and os.path.exists(os.path.join(DATA_DIR, p)))]
+  where = f'JAXLAB_DATA_DIR={DATA_DIR}' if DATA_DIR else 'JAXLAB_DATA_DIR is unset'
+  return pytest.mark.skipif(bool(missing), reason=f'needs {", ".join(missing)} under $JAXLAB_DATA_DIR ({where}; '
+                                                  'the folder ../shared/data has them)')
 
 
 def launch(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

@@ -6,14 +6,12 @@ import socket
 
 import numpy as np
 import pytest
+from conftest import DATA_DIR, needs_data
 
 from jaxlab.data import tfds_idx, vision
 from jaxlab.errors import DataError
 
-DATA_DIR = os.environ.get('JAXLAB_DATA_DIR', '')
-needs_data = pytest.mark.skipif(
-    not all(os.path.isdir(os.path.join(DATA_DIR, n)) for n in tfds_idx.NAMES),
-    reason='set JAXLAB_DATA_DIR to a folder with mnist/ and fashion_mnist/ IDX files (e.g. /work/shared/data)')
+needs_idx_files = needs_data(*tfds_idx.NAMES)
 
 # From /work/shared/data/README.md.
 FIRST_LABELS = {'mnist': {'train': [5, 0, 4, 1, 9, 2, 1, 3, 1, 4], 'test': [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]},
@@ -26,7 +24,7 @@ def tfds_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds'))
 
 
-@needs_data
+@needs_idx_files
 @pytest.mark.parametrize('name', tfds_idx.NAMES)
 def test_prepared_dataset_has_the_published_counts_shapes_and_labels(name, tfds_dir):
   builder = tfds_idx.prepare(name, DATA_DIR, tfds_dir)
@@ -42,7 +40,7 @@ def test_prepared_dataset_has_the_published_counts_shapes_and_labels(name, tfds_
   assert np.bincount(labels).tolist() == expected
 
 
-@needs_data
+@needs_idx_files
 def test_prepared_images_equal_the_idx_pixels(tfds_dir):
   builder = tfds_idx.prepare('mnist', DATA_DIR, tfds_dir)
   raw = tfds_idx.read_idx(os.path.join(DATA_DIR, 'mnist', 't10k-images-idx3-ubyte.gz'))
@@ -62,7 +60,7 @@ def _file_states(folder: str) -> dict[str, tuple[int, int, int]]:
   return states
 
 
-@needs_data
+@needs_idx_files
 def test_second_prepare_reuses_the_cache_without_the_raw_files(tfds_dir):
   tfds_idx.prepare('mnist', DATA_DIR, tfds_dir)
   before = _file_states(tfds_dir)
@@ -108,7 +106,7 @@ def test_bad_idx_file_is_rejected(tmp_path):
     tfds_idx.read_idx(str(path))
 
 
-@needs_data
+@needs_idx_files
 @pytest.mark.parametrize('in_memory', [True, False])
 def test_source_serves_normalised_batches_from_tfds(tfds_dir, in_memory):
   cfg = vision.data_config('mnist', data_dir=DATA_DIR, tfds_data_dir=tfds_dir, in_memory=in_memory,

@@ -7,6 +7,7 @@ import pickle
 import jax
 import numpy as np
 import pytest
+from conftest import DATA_DIR, needs_data
 
 from jaxlab import config as config_lib
 from jaxlab.data import planetoid
@@ -15,9 +16,8 @@ from jaxlab.models import graph as graph_models
 from jaxlab.run import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORA = os.path.join(os.environ.get('JAXLAB_DATA_DIR', ''), 'cora')
-needs_cora = pytest.mark.skipif(not os.path.exists(os.path.join(CORA, 'ind.cora.x')),
-                                reason='needs $JAXLAB_DATA_DIR/cora (../shared/data)')
+CORA = os.path.join(DATA_DIR, 'cora')
+needs_cora = needs_data('cora/ind.cora.x')
 
 
 def small_graph(seed=0, num_nodes=7, num_features=5):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import launch, tiny_config, tiny_lm_config
+from conftest import DATA_DIR, launch, needs_data, tiny_config, tiny_lm_config
 
 from jaxlab import config as config_lib
 from jaxlab.data import text
@@ -23,8 +23,7 @@ from jaxlab.run import train
 from jaxlab.tasks.language_model import LanguageModel
 from jaxlab.tasks.masked_lm import mask_tokens
 
-DATA_DIR = os.environ.get('JAXLAB_DATA_DIR')
-SHAKESPEARE = os.path.join(DATA_DIR or '', 'tinyshakespeare', 'input.txt')
+SHAKESPEARE = os.path.join(DATA_DIR, 'tinyshakespeare', 'input.txt')
 V = 11
 MODELS = {'gpt': GPT(vocab_size=V, block_size=12, num_layers=2, num_heads=2, width=16),
           'lstm': RNNLM(vocab_size=V, cell='lstm', hidden=16),
@@ -58,7 +57,7 @@ def test_char_and_byte_vocabularies_round_trip():
     chars.encode('hex z')
 
 
-@pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason='needs $JAXLAB_DATA_DIR/tinyshakespeare (../shared/data)')
+@needs_data('tinyshakespeare/input.txt')
 def test_tiny_shakespeare_split_is_nanogpts():
   config = config_lib.load(os.path.join(os.path.dirname(__file__), '..', 'configs', 'shakespeare_char', 'gpt.py'))
   source = text.load(config.data, 0)

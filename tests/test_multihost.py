@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import LAUNCH, ROOT, launch
+from conftest import DATA_DIR, LAUNCH, ROOT, launch, needs_data
 
 TINY = ['--config=configs/mnist1d/cnn.py', '--config.data.num_samples=1000', '--config.data.batch_size=40',
         '--config.data.eval_batch_size=200', '--config.model.channels=8', '--config.train.num_steps=20',
@@ -175,13 +175,11 @@ FASHION_MLP = ['--config=configs/fashion_mnist/mlp.py', '--config.data.batch_siz
                '--config.train.log_every=10']
 
 
+@needs_data('fashion_mnist')
 def test_two_processes_share_the_grain_pipeline_and_prepare_tfds_once(tmp_path):
   """Each process reads its half of every batch from the TFDS/grain pipeline: together they train
   like one process. They share one fresh TFDS folder, which process 0 prepares first."""
-  data_dir = os.environ.get('JAXLAB_DATA_DIR', '')
-  if not os.path.isdir(os.path.join(data_dir, 'fashion_mnist')):
-    pytest.skip('needs the Fashion-MNIST IDX files under $JAXLAB_DATA_DIR/fashion_mnist')
-  cache, data = str(tmp_path / 'cache'), {'JAXLAB_DATA_DIR': data_dir, 'TFDS_DATA_DIR': str(tmp_path / 'tfds')}
+  cache, data = str(tmp_path / 'cache'), {'JAXLAB_DATA_DIR': DATA_DIR, 'TFDS_DATA_DIR': str(tmp_path / 'tfds')}
   outputs = _two_processes(tmp_path / 'multi', cache, False, FASHION_MLP, **data)
   assert 'on 4 cpu device(s)' in outputs[0] and 'Finished step 20/20' in outputs[0]
   _one_process(tmp_path / 'single', cache, FASHION_MLP, **data)  # reads the folder the two prepared

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Iterator, Protocol
 
 import ml_collections
@@ -37,6 +38,18 @@ class Source(Protocol):
     gives it, 'index' their rows in the split (per-example randomness that no batching changes)."""
 
 
+SOURCE_MODULES = {'mnist1d': 'mnist1d', 'tfds': 'vision', 'standin': 'vision', 'text': 'text',
+                  'planetoid': 'planetoid', 'episodes': 'episodes'}  # data.name -> its module of jaxlab.data
+
+
+def check(cfg: ml_collections.ConfigDict) -> None:
+  """What can be checked of the `data` block before any file is read: the name, and the source's own `check`."""
+  if cfg.name not in SOURCE_MODULES:
+    raise ConfigError(f'unknown data.name {cfg.name!r}; choose from {", ".join(sorted(SOURCE_MODULES))}')
+  module = importlib.import_module(f'jaxlab.data.{SOURCE_MODULES[cfg.name]}')
+  getattr(module, 'check', lambda _: None)(cfg)
+
+
 def make_source(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None = None) -> Source:
   """The source named by `cfg.name`: 'mnist1d', 'tfds' (image datasets), 'standin' (test images), 'text',
   'planetoid' (a citation graph) or 'episodes' (reinforcement learning: the environment is in the task).
@@ -59,4 +72,5 @@ def make_source(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None =
   if cfg.name == 'episodes':
     from jaxlab.data import episodes
     return episodes.EpisodeSource(cfg.eval_episodes)  # no seed: its batches are the same for every run
-  raise ConfigError(f'unknown data.name {cfg.name!r}; choose from episodes, mnist1d, planetoid, standin, tfds, text')
+  check(cfg)  # an unknown name
+  raise AssertionError(cfg.name)

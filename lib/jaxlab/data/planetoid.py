@@ -198,13 +198,17 @@ class GraphSource:
     yield self.batch(split)
 
 
+def check(cfg: ml_collections.ConfigDict) -> None:
+  if (cfg.batch_size, cfg.eval_batch_size) != (1, 1):
+    raise ConfigError('data.batch_size and data.eval_batch_size count whole graphs and must be 1 (full-batch), '
+                      f'got {cfg.batch_size} and {cfg.eval_batch_size}')
+
+
 def load(cfg: ml_collections.ConfigDict) -> GraphSource:
   """data.name='planetoid': `data.dataset` (cora) from `data.path` (default $JAXLAB_DATA_DIR/<dataset>)."""
+  check(cfg)
   directory = cfg.path or os.path.join(os.environ.get('JAXLAB_DATA_DIR', ''), cfg.dataset)
   if not cfg.path and not os.environ.get('JAXLAB_DATA_DIR'):
     raise ConfigError('data.path is empty and JAXLAB_DATA_DIR is not set; point either at the folder of the '
                       f'ind.{cfg.dataset}.* files')
-  if (cfg.batch_size, cfg.eval_batch_size) != (1, 1):
-    raise ConfigError('data.batch_size and data.eval_batch_size count whole graphs and must be 1 (full-batch), '
-                      f'got {cfg.batch_size} and {cfg.eval_batch_size}')
   return GraphSource(read_planetoid(directory, cfg.dataset))

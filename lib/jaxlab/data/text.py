@@ -182,7 +182,7 @@ def _vocabulary(cfg: ml_collections.ConfigDict, text: str | None, workdir: str |
   return vocab
 
 
-def load(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None = None) -> TextSource:
+def check(cfg: ml_collections.ConfigDict) -> None:
   if cfg.vocabulary not in VOCABULARIES:
     raise ConfigError(f'unknown data.vocabulary {cfg.vocabulary!r}; choose from {", ".join(VOCABULARIES)}')
   if not 0 < cfg.train_fraction < 1:
@@ -190,6 +190,10 @@ def load(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None = None) 
   for key in ('block_size', 'eval_windows'):
     if cfg[key] < 1:
       raise ConfigError(f'data.{key} must be positive, got {cfg[key]}')
+
+
+def load(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None = None) -> TextSource:
+  check(cfg)
   path = corpus_path(cfg)
   raw = read_corpus(path)
   text = decode_corpus(raw, path) if cfg.vocabulary == 'char' else None

@@ -26,6 +26,9 @@ MODELS: dict[str, type[nn.Module]] = {'mlp': MLP, 'cnn1d': CNN1D, 'rnn': RNNClas
                                       'actor_critic': ActorCritic, 'q_network': QNetwork}
 
 
+COUNTS = ('num_classes', 'vocab_size', 'num_features', 'num_actions')  # sizes the data fixes, all counts
+
+
 def create(cfg: ml_collections.ConfigDict, num_classes: int, **data_sizes: Any) -> nn.Module:
   """The module `cfg.name` (a built-in name or 'package.module:Class') with the block's other keys as attributes.
 
@@ -34,21 +37,50 @@ def create(cfg: ml_collections.ConfigDict, num_classes: int, **data_sizes: Any) 
   fixes) to the models that have such fields.
   A model checks its own attributes in an optional `validate()` that raises ValueError.
   """
+  cls, attributes = _resolve(cfg)
+  fields = _fields(cls)
+  size_field = 'vocab_size' if 'vocab_size' in fields else 'num_classes'
+  sizes = {k: v for k, v in data_sizes.items() if k in fields}
+  if size_field in fields:
+    sizes[size_field] = num_classes
+  _check_keys(cfg.name, attributes, fields - set(sizes))
+  return _validated(cls(**sizes, **attributes), cfg.name)
+
+
+def check(cfg: ml_collections.ConfigDict) -> None:
+  """The `model` block checked before any data is read: its name and keys and, where the data fixes only
+  counts (classes, features, actions), the model's own `validate()`, with 2 standing in for each count."""
+  cls, attributes = _resolve(cfg)
+  fields = _fields(cls)
+  _check_keys(cfg.name, attributes, fields - {'vocab_size' if 'vocab_size' in fields else 'num_classes'})
+  counts = {k: 2 for k in fields & set(COUNTS) if k not in attributes}
+  required = {f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+              and f.default_factory is dataclasses.MISSING} - {'parent', 'name'}
+  if required <= set(counts) | set(attributes):  # else the data fixes more (an image shape): create checks it
+    _validated(cls(**counts, **attributes), cfg.name)
+
+
+def _resolve(cfg: ml_collections.ConfigDict) -> tuple[type, dict[str, Any]]:
+  """The model's class and the block's attributes (lists as tuples)."""
   kwargs = dict(cfg)
   name = kwargs.pop('name')
   cls = config_lib.resolve('model.name', name, MODELS)
   if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
     raise ConfigError(f'model.name {name!r} is not a flax.linen Module class')
-  fields = {f.name for f in dataclasses.fields(cls) if f.init} - {'parent', 'name'}
-  size_field = 'vocab_size' if 'vocab_size' in fields else 'num_classes'
-  sizes = {k: v for k, v in data_sizes.items() if k in fields}
-  if size_field in fields:
-    sizes[size_field] = num_classes
-  fields -= set(sizes)
-  unknown = sorted(set(kwargs) - fields)
+  return cls, {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def _fields(cls: type) -> set[str]:
+  return {f.name for f in dataclasses.fields(cls) if f.init} - {'parent', 'name'}
+
+
+def _check_keys(name: str, attributes: dict[str, Any], allowed: set[str]) -> None:
+  unknown = sorted(set(attributes) - allowed)
   if unknown:
-    raise ConfigError(f'model {name!r} has no attribute(s) {unknown}; it takes {sorted(fields)}')
-  model = cls(**sizes, **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+    raise ConfigError(f'model {name!r} has no attribute(s) {unknown}; it takes {sorted(allowed)}')
+
+
+def _validated(model: nn.Module, name: str) -> nn.Module:
   try:
     getattr(model, 'validate', lambda: None)()
   except ValueError as e:

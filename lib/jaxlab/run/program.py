@@ -14,7 +14,7 @@ import numpy as np
 from etils import epath
 
 from jaxlab import config as config_lib
-from jaxlab import data, parallel, tasks
+from jaxlab import data, models, parallel, tasks
 from jaxlab.errors import ConfigError, JaxlabError
 from jaxlab.observe import metrics
 from jaxlab.parallel import flops, sharding
@@ -40,6 +40,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   config_lib.require(0 <= config.seed and config.seed + config.num_replicas - 1 <= MAX_SEED,
                      f'seed must be in [0, {MAX_SEED - config.num_replicas + 1}], got {config.seed}')
   init_from_run.validate(config.init)
+  # Before any data file is read: a config error is reported whether or not the data are there.
+  data.check(config.data)
+  models.check(config.model)
+  tasks.check(config)
 
 
 @dataclasses.dataclass

@@ -243,6 +243,12 @@ TASKS: dict[str, Callable[[ml_collections.ConfigDict, Any], Task]] = {
     'vae': vae, 'gan': gan, 'ppo': ppo, 'dqn': dqn}
 
 
+def check(config: ml_collections.ConfigDict) -> None:
+  """What can be checked of the task before any data is read: its name and loss.penalty_paths."""
+  config_lib.resolve('task', config.task, TASKS)
+  _penalty_paths(config)
+
+
 def make(config: ml_collections.ConfigDict, source: Any, read_run: ReadRun | None = None) -> Task:
   """The task `config.task` builds for this data source.
 
