@@ -65,4 +65,6 @@ def generate(model: nn.Module, params: Any, prompt: jax.Array, key: jax.Array, n
 
   cache = empty_cache(model, params, batch, cached_length)
   tokens, _ = jax.lax.fori_loop(0, min(total - 1, cached_length), from_cache, (tokens, cache))
-  return jax.lax.fori_loop(cached_length, total - 1, from_window, tokens)
+  if total - 1 > cached_length:  # beyond the context; only then, as a window of `context` must fit in `tokens`
+    tokens = jax.lax.fori_loop(cached_length, total - 1, from_window, tokens)
+  return tokens
