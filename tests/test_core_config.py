@@ -97,3 +97,14 @@ def test_restart_on_a_read_only_filesystem_is_one_line(tmp_path, monkeypatch):
                                         r'Read-only file system$'):
     workdir_lock.prepare_workdir(workdir, tiny_config(seed=3), restart=True)
   workdir_lock.prepare_workdir(workdir, tiny_config()).release()  # and the workdir is not left locked
+
+
+def test_the_samples_shown_at_evaluation_may_change_on_resume_what_is_trained_may_not():
+  config = config_lib.load(os.path.join(ROOT, 'configs', 'shakespeare_char', 'gpt.py'))
+  saved = config_lib.to_dict(config)
+  config_lib.set_value(config, 'sample.num_tokens', 20)  # fewer tokens per evaluation: nothing trained changes
+  config_lib.set_value(config, 'sample.prompt', 'ROMEO:')
+  config_lib.check_same(saved, config, 'resume')
+  config_lib.set_value(config, 'data.block_size', 32)
+  with pytest.raises(ConfigError, match=r"resume: data.block_size \(64 -> 32\)"):
+    config_lib.check_same(saved, config, 'resume')

@@ -18,7 +18,7 @@ CONFIG_FILE = 'config.json'
 # Keys that do not change what a run computes, so a run may resume with other values: how it is
 # laid out on devices (another mesh), what evaluation measures besides the task's own metrics
 # (attacks), and where else its numbers are reported (trackers).
-UNCOMPARED_KEYS = ('mesh', 'sharding_rules', 'eval', 'logging')
+UNCOMPARED_KEYS = ('mesh', 'sharding_rules', 'eval', 'logging', 'sample')
 
 
 def call(spec: str, function: str) -> Any:
@@ -107,7 +107,8 @@ def check_same(saved: dict[str, Any], config: ml_collections.ConfigDict, what: s
                hint: str = 'Use another --workdir, or pass --restart to move the old run aside and start over.') -> None:
   """A ConfigError listing the keys (old -> new) where `config` differs from the `saved` one.
 
-  UNCOMPARED_KEYS may differ: a checkpoint restores onto any mesh, and trackers may be switched on later.
+  UNCOMPARED_KEYS may differ: a checkpoint restores onto any mesh, trackers may be switched on later, and the
+  samples shown at evaluation (`sample`) train nothing.
   """
   # A key the saved run predates took its default then (new keys default to the old behaviour).
   default_values = flatten(to_dict(defaults()))
