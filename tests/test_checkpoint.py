@@ -267,3 +267,20 @@ def test_save_errors_keep_the_os_cause_of_a_long_tensorstore_message():
   line = _first_line(error)
   assert line.startswith('ValueError: OUT_OF_RANGE: Error opening "zarr" driver') and ' ... ' in line
   assert line.endswith('Failed to write 101 bytes to file 3: File too large') and len(line) < 320
+
+
+def test_a_run_whose_evaluation_fails_keeps_the_steps_it_trained(tmp_path, monkeypatch):
+  """An evaluation that crashes (a bug in a task's metric, a sample too long) must not cost the steps since
+  the last checkpoint: the state of the step it reached is saved, and the next run resumes from it."""
+  config = tiny_config(**{'train.num_steps': 8, 'train.eval_every': 4, 'train.checkpoint_every': 0})
+  workdir = str(tmp_path / 'run')
+
+  def broken(self, state):
+    raise RuntimeError('evaluation failed')
+  with monkeypatch.context() as patch:
+    patch.setattr(train._Run, 'evaluate', broken)
+    with pytest.raises(RuntimeError, match='evaluation failed'):
+      train.train(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4']
+  summary = train.train(config, workdir)
+  assert (summary['step'], summary['steps_trained']) == (8, 4)

@@ -215,7 +215,11 @@ class _Run:
       if steps.due(self.step, t.log_every) or last:
         self.flush()
       if steps.due(self.step, t.eval_every) or last:
-        results, stopped_early = self._evaluate_and_log(last)
+        try:
+          results, stopped_early = self._evaluate_and_log(last)
+        except Exception:
+          self.save()  # a failed evaluation costs no training: the next run resumes at this step
+          raise
       if steps.due(self.step, t.checkpoint_every) or last or signal_name or stopped_early:
         self.save()
       for hook in hooks:
