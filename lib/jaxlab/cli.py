@@ -167,7 +167,7 @@ def _parse(argv: list[str], command: str, root: str) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e))
+    _fail(_flag_error_message(str(e)))
   except Exception as e:  # noqa: BLE001 - an error inside the config file, or an override of a missing key
     inside = _config_file_frame(e, argv)
     if isinstance(e, AttributeError) and "has no attribute 'get_config'" in str(e):
@@ -190,6 +190,17 @@ def _parse(argv: list[str], command: str, root: str) -> list[str]:
   elif args:
     _fail(f'unknown command {" ".join(args)!r}; commands: {", ".join(COMMANDS)}')
   return [rest[0], *args]
+
+
+def _flag_error_message(error: str) -> str:
+  """absl's message, or for an exception raised inside the config file (which ml_collections reports with its
+  traceback) one line: where in the config file and the exception."""
+  if 'Error whilst parsing config file' not in error:
+    return error
+  exception = [line for line in error.splitlines() if line.strip()][-1]
+  frames = re.findall(r'File "([^"]+)", line (\d+)', error)
+  where = f' ({frames[-1][0]}:{frames[-1][1]})' if frames else ''
+  return f'could not load the config{where}: {exception}'
 
 
 def _config_file_frame(error: BaseException, argv: list[str]) -> traceback.FrameSummary | None:
