@@ -58,6 +58,8 @@ def test_end_to_end_run_writes_metrics_events_checkpoint_and_summary(tmp_path):
     (['--no_such_flag=1'], 'no_such_flag'),
     (['frobnicate'], "unknown command 'frobnicate'"),
     (['--config={tmp}/broken.py'], "could not load the config ({tmp}/broken.py:3): KeyError: 'channels'"),
+    (['--config=configs/gymnax/ppo.py', '--config.env.name=Pendulum-v1', '--workdir={tmp}/w'],
+     "env.name 'Pendulum-v1' has continuous actions (Box)"),
     (['--config=configs/mnist/vae.py:cnn'],  # the config file refuses its arg: reported by ml_collections
      "could not load the config (configs/mnist/vae.py:23): ValueError: vae.py takes one of mlp, conv"),
     (['--config=configs/fashion_mnist/common.py'], 'the config file defines no get_config(arg=None)'),

@@ -56,6 +56,10 @@ class Environments:
     if self.name not in gymnax.registered_envs:
       raise ConfigError(f'unknown env.name {self.name!r}; gymnax has {", ".join(gymnax.registered_envs)}')
     env, params = gymnax.make(self.name)
+    space = env.action_space(params)
+    if not hasattr(space, 'n'):  # gymnax's spaces.Discrete; a Box is continuous
+      raise ConfigError(f'env.name {self.name!r} has continuous actions ({type(space).__name__}); the ppo and dqn '
+                        'tasks choose among discrete actions (CartPole-v1, Acrobot-v1, MinAtar ...)')
     object.__setattr__(self, 'env', env)
     object.__setattr__(self, 'params', params)
 
