@@ -281,6 +281,12 @@ def test_sample_command_is_deterministic_and_refuses_bad_input(tmp_path, corpus)
   assert sample.from_workdir(workdir, 'the ', 40, 1.0, 0, 4, 2)[1] != texts
   bad = launch('sample', f'--workdir={workdir}', '--prompt=Z!')
   assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and "--prompt: character(s) '!Z' are not" in bad.stderr
+  # A reader never writes run files: without its vocabulary the run's tokens cannot be decoded as trained.
+  os.remove(os.path.join(workdir, text.VOCABULARY_FILE))
+  before = sorted(os.listdir(workdir))
+  lost = launch('sample', f'--workdir={workdir}', '--num_tokens=5')
+  assert lost.returncode == 1 and lost.stderr.count('\n') == 1, lost.stderr
+  assert f'{text.VOCABULARY_FILE} is missing' in lost.stderr and sorted(os.listdir(workdir)) == before
 
 
 def test_sampling_needs_a_language_model_run_with_a_checkpoint(tmp_path, corpus):

@@ -15,7 +15,7 @@ from etils import epath
 from jaxlab import config as config_lib
 from jaxlab import data, tasks
 from jaxlab.data import text
-from jaxlab.errors import ConfigError
+from jaxlab.errors import ConfigError, DataError
 from jaxlab.observe import images, logging
 from jaxlab.observe.logging import SHOWCASE_DIR
 from jaxlab.run import checkpoint, program
@@ -45,8 +45,8 @@ def _saved_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def is_text_run(workdir: str) -> bool:
-  """Whether `workdir` holds a run on text (it kept a vocabulary), whose samples are texts, not images."""
-  return text.read_vocabulary(workdir) is not None
+  """Whether `workdir` holds a run on text, whose samples are texts, not images."""
+  return _saved_config(workdir).data.name == 'text'
 
 
 def images_from_workdir(workdir: str, num: int, seed: int, which: str = 'newest') -> tuple[int, str]:
@@ -54,7 +54,7 @@ def images_from_workdir(workdir: str, num: int, seed: int, which: str = 'newest'
   folder; returns (checkpoint step, the PNG's path)."""
   config_lib.require(num > 0, f'--num must be positive, got {num}')
   config = _saved_config(workdir)
-  source = data.make_source(config.data, config.seed, workdir)
+  source = data.make_source(config.data, config.seed)  # no workdir: a reader writes nothing there
   task = tasks.make(config, source, program.read_run)
   if not hasattr(task, 'sample_images'):
     raise ConfigError(f'{workdir} holds a {config.task!r} run, which does not generate images; sample needs a '
@@ -70,6 +70,10 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, text.Vocabulary, 
   """A language-model run's config, vocabulary and task, read from its workdir (no corpus needed)."""
   config = _saved_config(workdir)
   vocab = text.read_vocabulary(workdir)
+  if vocab is None and config.data.name == 'text':
+    raise DataError(f'{epath.Path(workdir) / text.VOCABULARY_FILE} is missing; sample decodes with the vocabulary '
+                    'the run was trained with (one built again from the corpus of today may map tokens to other '
+                    'characters)')
   if vocab is None:
     raise ConfigError(f'{workdir} is not a language-model run (task {config.task!r} on data {config.data.name!r}); '
                       'sample needs a GPT or RNN language model trained on text')
