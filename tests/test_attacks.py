@@ -123,6 +123,7 @@ def test_attack_command_evaluates_a_finished_run_and_writes_json_and_png(trained
 @pytest.mark.parametrize('args, message', [
     (['--eps=0.1,abc'], "--eps must be numbers, got '0.1,abc'"),
     (['--eps=0.1,-0.2'], 'eval.attack_eps must be positive, got -0.2'),
+    (['--eps=0.1,inf'], 'eval.attack_eps must be finite, got inf'),
     (['--attacks=fgsm,deepfool'], "eval.attacks: unknown method(s) ['deepfool']"),
     (['--workdir=/nonexistent/run'], 'holds no run'),
     (['--workdir=LM'], "holds a 'language_model' run; attack needs a classification run"),

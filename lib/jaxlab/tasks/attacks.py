@@ -128,6 +128,8 @@ def from_config(config: ml_collections.ConfigDict) -> tuple[Attack, ...]:
   for eps in e.attack_eps:
     if not eps > 0:
       raise ConfigError(f'eval.attack_eps must be positive, got {eps}')
+    if not math.isfinite(eps):  # inf would turn every input into NaN, and the accuracy with it
+      raise ConfigError(f'eval.attack_eps must be finite, got {eps}')
   _check_at_least_one(eval__pgd_steps=e.pgd_steps, eval__pgd_restarts=e.pgd_restarts)
   return tuple(Attack(method, float(eps), e.pgd_steps, e.pgd_step_size or 2.5 * eps / e.pgd_steps, e.pgd_restarts)
                for eps in e.attack_eps for method in e.attacks)
