@@ -204,6 +204,8 @@ def test_dry_run_prints_the_commands_and_runs_nothing(gcloud):
     (['--tpu=t', '--zone=z'], 'give the launch.py arguments after `--`'),
     (['frob', '--tpu=t', '--zone=z'], "invalid choice: 'frob'"),
     (['--tpu=t', '--zone=z', '--accelerator=v9-8', '--dry-run', '--', 'x'], "unknown accelerator 'v9-8'"),
+    (['--tpu=--impersonate-service-account=x', '--zone=z', '--dry-run', '--', 'x'],
+     "--tpu '--impersonate-service-account=x' is not a Google Cloud name"),
 ])
 def test_bad_usage_is_one_line_and_exit_2(args, message):
   proc = launch('tpu', *args, timeout=60)

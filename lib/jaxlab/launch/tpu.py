@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -39,6 +40,9 @@ VERSIONS = {'v2': 'tpu-ubuntu2204-base', 'v3': 'tpu-ubuntu2204-base', 'v4': 'tpu
 GONE = ('', 'PREEMPTED', 'TERMINATED')  # '' = describe found no such TPU
 
 
+GCLOUD_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:-]*')  # TPU, zone, project, type, image names
+
+
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   """(options, launch.py arguments): everything after the first `--` is passed on untouched."""
   own, remote = split_launch_args(argv)
@@ -56,6 +60,11 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   p.add_argument('--log-dir', help='log folder on the workers (default: the launch --workdir, else logs)')
   p.add_argument('--dry-run', action='store_true', help='print the gcloud commands, run nothing')
   options = p.parse_args(own)
+  for name in ('tpu', 'zone', 'project', 'accelerator', 'version'):
+    value = getattr(options, name)
+    if value is not None and not GCLOUD_NAME.fullmatch(value):  # gcloud would read `--tpu=--flag` as a flag
+      raise UsageError(f'--{name} {value!r} is not a Google Cloud name (letters, digits, - _ . : only, not '
+                       'starting with -)')
   if options.action == 'run' and not remote:
     raise UsageError('give the launch.py arguments after `--`, e.g. -- --config=configs/mnist1d/cnn.py')
   return options, remote
