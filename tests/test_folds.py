@@ -153,9 +153,20 @@ def test_cv_command_prints_the_table(tmp_path):
     (['--folds=1'], '--folds must be at least 2, got 1'),
     (['--config.num_replicas=2'], 'cv makes one replica per fold; leave num_replicas at 1 (got 2)'),
     (['--config=configs/shakespeare_char/gpt.py'], "data 'text' has no k-fold split"),
+    (['--config.data.validation_size=100'], 'leave data.validation_size at 0 (got 100)'),
 ])
 def test_cv_bad_input_is_one_line(tmp_path, args, message):
   proc = launch('cv', '--config=configs/mnist1d/mlp.py', f'--workdir={tmp_path}', *args, timeout=120)
-  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr and proc.stdout == ''  # not the config first
   [line] = proc.stderr.strip().splitlines()
   assert line.startswith('error: ') and message in line
+
+
+def test_cv_stopped_by_a_signal_leaves_the_last_report(tmp_path, monkeypatch):
+  (tmp_path / 'cv.json').write_text('{"folds": 2, "metrics": {"validation_accuracy": {"mean": 0.9}}}')
+  before = (tmp_path / 'cv.json').read_text()
+  stopped = {'step': 4, 'preempted': True, 'validation_accuracy_replicas': []}  # what train returns when stopped
+  monkeypatch.setattr(train, 'train', lambda *args, **kwargs: stopped)
+  report = cv.run(tiny_config('mlp'), 2, str(tmp_path))
+  assert report['preempted'] and report['metrics'] == {}
+  assert (tmp_path / 'cv.json').read_text() == before

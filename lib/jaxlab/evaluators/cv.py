@@ -35,10 +35,12 @@ def fold_config(config: ml_collections.ConfigDict, k: int) -> ml_collections.Con
     raise ConfigError(f'data {config.data.name!r} has no k-fold split; cv works on {", ".join(FOLD_SOURCES)} data')
   if config.num_replicas != 1:
     raise ConfigError(f'cv makes one replica per fold; leave num_replicas at 1 (got {config.num_replicas})')
+  if config.data.get('validation_size', 0):
+    raise ConfigError('cv validates each fold on the fold itself; leave data.validation_size at 0 (got '
+                      f'{config.data.validation_size})')
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.data.folds, config.data.fold, config.num_replicas = k, folds.ALL_FOLDS, k
-    config.data.validation_size = 0
   return config
 
 
@@ -56,8 +58,9 @@ def summarize(summary: dict[str, Any], k: int) -> dict[str, Any]:
 def run(config: ml_collections.ConfigDict, k: int, workdir: str, restart: bool = False) -> dict[str, Any]:
   """Trains the k folds as one run in `workdir`; returns the report also written to cv.json."""
   summary = train.train(fold_config(config, k), workdir, restart=restart)
-  report = summarize(summary, k)
-  (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(report, indent=1))
+  report = {**summarize(summary, k), 'preempted': summary['preempted']}
+  if not summary['preempted']:  # a stopped run has no evaluation: an earlier cv.json stays as it was
+    (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(report, indent=1))
   return report
 
 
@@ -73,15 +76,18 @@ def format_table(report: dict[str, Any]) -> str:
 
 def define_command() -> Callable[[Any], None]:
   """`cv`: stratified k-fold cross-validation of the config, the folds as replicas of one program."""
-  folds = flags.DEFINE_integer('folds', 5, 'Number of folds k.')
+  num_folds = flags.DEFINE_integer('folds', 5, 'Number of folds k.')
 
   def command(invocation: Any) -> None:
     workdir = invocation.workdir('cv-')
+    fold_config(invocation.config, num_folds.value)  # a refused setting is the only line printed
     lead = jax.process_index() == 0  # every process of a multi-process job would print the same
     if lead:
       print(invocation.config, flush=True)
-    report = run(invocation.config, folds.value, workdir, restart=invocation.restart)
-    if lead:
+    report = run(invocation.config, num_folds.value, workdir, restart=invocation.restart)
+    if lead and report['preempted']:
+      print(f'Stopped at step {report["step"]}; run the same command to resume ({RESULTS_FILE} not written)')
+    elif lead:
       print(f'{report["folds"]}-fold cross-validation, step {report["step"]}:')
       print(format_table(report))
       print(f'Saved {os.path.join(workdir, RESULTS_FILE)}', flush=True)
