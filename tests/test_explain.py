@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import launch, tiny_config
 
-from jaxlab.evaluators import attribution
+from jaxlab.evaluators import attribution, explain
 from jaxlab.run import train
 from jaxlab.tasks import attacks
 
@@ -76,6 +76,15 @@ def test_integrated_gradients_with_too_few_steps_is_reported_incomplete(trained_
   assert proc.returncode == 0, proc.stderr
   report = json.loads((trained_run / 'explain.json').read_text())
   assert report['methods']['integrated_gradients']['completeness_error_max'] > 0.01
+
+
+def test_figures_show_at_most_max_panels_examples_and_the_report_all(trained_run):
+  def size(num):
+    report = explain.explain(str(trained_run), num=num, methods=['saliency'])
+    png = (trained_run / 'explain_saliency.png').read_bytes()
+    return len(report['labels']), (int.from_bytes(png[16:20], 'big'), int.from_bytes(png[20:24], 'big'))  # header
+  (few, few_size), (many, many_size) = size(explain.MAX_PANELS), size(3 * explain.MAX_PANELS)
+  assert (few, many) == (explain.MAX_PANELS, 3 * explain.MAX_PANELS) and many_size == few_size
 
 
 @pytest.mark.parametrize('args, message', [

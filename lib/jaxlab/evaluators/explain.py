@@ -32,6 +32,8 @@ from jaxlab.tasks import attacks
 RESULTS_FILE = 'explain.json'
 TARGETS = ('predicted', 'label')
 
+MAX_PANELS = 16  # examples drawn in each figure; explain.json holds every one
+
 
 def plot_file(method: str) -> str:
   return f'explain_{method}.png'
@@ -111,7 +113,9 @@ def explain(workdir: str, split: str = 'test', num: int = 16, methods: Sequence[
       entry['completeness_error_max'] = float(errors.max())
       entry['completeness_errors'] = errors.tolist()
     report['methods'][method] = entry
-    _plot(method, pixels, *shown, labels, predicted, str(epath.Path(workdir) / plot_file(method)))
+    panels = slice(0, MAX_PANELS)  # a figure of every example would grow without bound (100 px each)
+    _plot(method, pixels[panels], shown[0][panels], shown[1][panels], labels[panels], predicted[panels],
+          str(epath.Path(workdir) / plot_file(method)))
   (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(report, indent=1))
   return report
 
@@ -215,6 +219,7 @@ def define_command() -> Callable[[Any], None]:
     print(f'Attribution maps of {len(report["labels"])} {report["split"]} examples, checkpoint of step '
           f'{report["step"]}, target: the {report["target"]} class')
     print(format_table(report))
+    shown = '' if len(report['labels']) <= MAX_PANELS else f' (figures: the first {MAX_PANELS} examples)'
     print(f'Saved {os.path.join(workdir, RESULTS_FILE)} and '
-          f'{", ".join(plot_file(m) for m in report["methods"])}', flush=True)
+          f'{", ".join(plot_file(m) for m in report["methods"])}{shown}', flush=True)
   return command
