@@ -233,6 +233,13 @@ def test_the_sample_command_writes_a_grid_of_the_requested_size(tmp_path):
   assert path == str(tmp_path / 'samples' / 'sample_step12_seed2_6.png')
   from PIL import Image
   assert np.asarray(Image.open(path)).shape == (2 * 29 + 1, 3 * 29 + 1)  # 6 images: 3 columns, 2 rows
+  # Refused before anything is allocated or written: more images than one grid holds, a language model's flag.
+  before = sorted(os.listdir(tmp_path / 'samples'))
+  for flag, message in (('--num=100000000', '--num 100000000 images do not fit one grid; at most 1024'),
+                        ('--num_tokens=10', '--num_tokens is a flag for a language-model run')):
+    bad = launch('sample', f'--workdir={tmp_path}', flag)
+    assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and message in bad.stderr, bad.stderr
+  assert sorted(os.listdir(tmp_path / 'samples')) == before
 
 
 def test_gan_evaluation_reports_the_frechet_distance_and_its_floor(tmp_path):

@@ -20,6 +20,8 @@ from jaxlab.observe import images, logging
 from jaxlab.observe.logging import SHOWCASE_DIR
 from jaxlab.run import checkpoint, program
 
+MAX_IMAGES = 1024  # in one grid PNG (32 x 32 images)
+
 
 def _restore_state(workdir: str, task: Any, example: Any, which: str) -> tuple[int, Any]:
   """(step, TrainState) of the newest or best checkpoint of `workdir`, on one device."""
@@ -53,6 +55,7 @@ def images_from_workdir(workdir: str, num: int, seed: int, which: str = 'newest'
   """Writes a grid of `num` images drawn from the generator or VAE of `workdir` (seed `seed`) to its samples/
   folder; returns (checkpoint step, the PNG's path)."""
   config_lib.require(num > 0, f'--num must be positive, got {num}')
+  config_lib.require(num <= MAX_IMAGES, f'--num {num} images do not fit one grid; at most {MAX_IMAGES}')
   config = _saved_config(workdir)
   source = data.make_source(config.data, config.seed)  # no workdir: a reader writes nothing there
   task = tasks.make(config, source, program.read_run)
@@ -117,9 +120,16 @@ def define_command() -> Callable[[Any], None]:
   which = flags.DEFINE_enum('checkpoint', 'newest', ['newest', 'best'],
                             'The newest checkpoint, or the best one kept by early stopping.')
 
+  text_flags = {'prompt': prompt, 'num_tokens': num_tokens, 'temperature': temperature, 'top_k': top_k,
+                'num_samples': num_samples}
+
   def command(invocation: Any) -> None:
     workdir = invocation.run_to_read('sample', 'the run to sample from')
-    if not is_text_run(workdir):
+    text_run = is_text_run(workdir)
+    kind, other = ('text', 'GAN or VAE') if text_run else ('image', 'language-model')
+    for name, holder in ({'num': num} if text_run else text_flags).items():
+      config_lib.require(not holder.present, f'--{name} is a flag for a {other} run; {workdir} holds a {kind} run')
+    if not text_run:
       step, path = images_from_workdir(workdir, num.value, seed.value, which.value)
       print(f'{num.value} images | {which.value} checkpoint, step {step} | seed {seed.value} | {path}')
       return
