@@ -19,6 +19,7 @@ import sys
 import traceback
 from typing import Any, Callable, Sequence
 
+from jaxlab.errors import ConfigError, JaxlabError
 from jaxlab.run import stop
 
 # name -> (module whose define_command() defines its flags and returns its runner, one line of help)
@@ -56,7 +57,6 @@ class Invocation:
 
   def workdir(self, prefix: str = '') -> str:
     """--workdir as given (an empty one is refused), else runs/<prefix><config dir>-<config name>."""
-    from jaxlab.errors import ConfigError
     from jaxlab.launch.remote import default_workdir
     if self.workdir_flag is None:
       return default_workdir(self.config_spec, prefix)
@@ -66,7 +66,6 @@ class Invocation:
 
   def run_to_read(self, command: str, what: str) -> str:
     """--workdir of a command that reads a finished run (it has no default)."""
-    from jaxlab.errors import ConfigError
     if not self.workdir_flag:
       raise ConfigError(f'{command} needs --workdir, {what}')
     return self.workdir_flag
@@ -224,12 +223,8 @@ def _unknown_key_message(error: str, argv: list[str]) -> str:
 def _main(command: str, run: Callable[[Invocation], None], argv: list[str], launcher: tuple[str, ...]) -> None:
   from absl import flags, logging
   from ml_collections import config_flags
-
-  from jaxlab.errors import JaxlabError
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows it
-  if command in PARENT_COMMANDS:
-    stop.uninstall()  # installed when the command came after the flags; a parent handles signals itself
   invocation = Invocation(
       config=_CONFIG.value, config_spec=config_flags.get_config_filename(flags.FLAGS['config']),
       overrides=config_flags.get_override_values(flags.FLAGS['config']), workdir_flag=_WORKDIR.value,

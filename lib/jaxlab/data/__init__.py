@@ -45,7 +45,7 @@ SOURCE_MODULES = {'mnist1d': 'mnist1d', 'tfds': 'vision', 'standin': 'vision', '
 def check(cfg: ml_collections.ConfigDict) -> None:
   """What can be checked of the `data` block before any file is read: the name, and the source's own `check`."""
   if cfg.name not in SOURCE_MODULES:
-    raise ConfigError(f'unknown data.name {cfg.name!r}; choose from {", ".join(sorted(SOURCE_MODULES))}')
+    raise _unknown_source(cfg.name)
   module = importlib.import_module(f'jaxlab.data.{SOURCE_MODULES[cfg.name]}')
   getattr(module, 'check', lambda _: None)(cfg)
 
@@ -72,5 +72,8 @@ def make_source(cfg: ml_collections.ConfigDict, seed: int, workdir: str | None =
   if cfg.name == 'episodes':
     from jaxlab.data import episodes
     return episodes.EpisodeSource(cfg.eval_episodes)  # no seed: its batches are the same for every run
-  check(cfg)  # an unknown name
-  raise AssertionError(cfg.name)
+  raise _unknown_source(cfg.name)
+
+
+def _unknown_source(name: str) -> ConfigError:
+  return ConfigError(f'unknown data.name {name!r}; choose from {", ".join(sorted(SOURCE_MODULES))}')

@@ -14,14 +14,11 @@ from jaxlab.errors import ConfigError, JaxlabError
 
 CSV_FILE, MARKDOWN_FILE = 'results.csv', 'results.md'
 EVAL_PREFIXES = ('test_', 'validation_')
-
-
 # train.SUMMARY_FILE, written at the end of a run; not imported from there, as train imports JAX
 # and sweep/search parents never start it.
 SUMMARY_FILE = 'summary.json'
 MANIFEST = 'sweep.json'  # a sweep's (or search's) list of points and their workdirs
 STUDY_FILE = 'study.db'  # a search's Optuna study, beside the manifest
-
 
 
 def default_metric(names: Iterable[str]) -> str | None:
@@ -33,6 +30,7 @@ def default_metric(names: Iterable[str]) -> str | None:
 
 def is_seed_key(key: str) -> bool:
   return key.split('.')[-1] == 'seed'
+
 
 def completed(summary: Mapping[str, Any], num_steps: int) -> bool:
   """True for a final summary at step `num_steps`, or of a run that stopped early; not a preempted one."""
@@ -46,6 +44,7 @@ def read_summary(point_dir: str) -> dict[str, Any] | None:
       return json.load(f)
   except (OSError, ValueError):
     return None
+
 
 def collect(workdir: str) -> tuple[list[dict[str, Any]], list[str]]:
   """One row per point of the sweep in `workdir` (its overrides, status, summary) and the swept keys."""
@@ -162,7 +161,6 @@ def plot(groups: Sequence[dict[str, Any]], metric: str, path: str) -> bool:
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return True
-
 
 
 def write(workdir: str, metric: str | None = None, with_plot: bool = True) -> str:

@@ -24,7 +24,7 @@ from jaxlab.errors import ConfigError
 from jaxlab.optim.paths import parameter_paths
 from jaxlab.tasks.state import TrainState
 
-CHECKPOINTS = ('newest', 'best')  # train.CHECKPOINT_DIRS' keys; train imports this module
+CHECKPOINTS = ('newest', 'best')  # program.CHECKPOINT_DIRS' keys; program imports this module
 
 
 def validate(init: ml_collections.ConfigDict) -> None:
