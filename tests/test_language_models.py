@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 
 import flax.linen as nn
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import DATA_DIR, launch, needs_data, tiny_config, tiny_lm_config
+from conftest import DATA_DIR, launch, needs_data, tiny_config, tiny_lm_config, write_corpus
 
 from jaxlab import config as config_lib
 from jaxlab.data import text
@@ -206,6 +207,46 @@ def test_sampling_depends_only_on_the_seed_and_top_k_1_is_greedy():
   np.testing.assert_array_equal(draw(0, top_k=1), draw(5, temperature=0.0))
 
 
+@pytest.mark.parametrize('name', ['gpt', 'lstm'])
+def test_generation_in_chunks_is_the_generation_in_one_call(name):
+  """Chunks of 5 positions (across the context's end, for the GPT) give the tokens of one call, and the
+  callback sees every chunk's end."""
+  model, prompt = MODELS[name], _tokens((2, 3), seed=5)
+  params = _params(model)
+  whole = decoding.generate(model, params, prompt, jax.random.PRNGKey(7), 17, chunk=1000)
+  ends = []
+  chunked = decoding.generate(model, params, prompt, jax.random.PRNGKey(7), 17, chunk=5, between_chunks=ends.append)
+  np.testing.assert_array_equal(np.asarray(chunked), np.asarray(whole))
+  assert ends == [5, 10, 15, 19]  # positions 1 .. 19 of 20 filled
+
+
+def test_sample_stops_between_chunks_on_a_signal_and_refuses_what_cannot_fit(lstm_run, monkeypatch):
+  from jaxlab.run import stop
+  workdir = lstm_run
+  assert stop.install()
+  try:
+    seen = []
+    def stop_at_the_third_chunk(done):
+      seen.append(done)
+      if len(seen) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+      stop.check()
+    task_generate = LanguageModel.generate
+    monkeypatch.setattr(LanguageModel, 'generate', lambda self, *a, between_chunks=None: task_generate(
+        self, *a, between_chunks=stop_at_the_third_chunk))
+    with pytest.raises(stop.Stopped, match='SIGTERM'):
+      sample.from_workdir(workdir, '\n', 10_000, 1.0, 0, 0, 1)
+    assert seen == [64, 128, 192]  # 3 of 157 chunks
+  finally:
+    stop.uninstall()
+  monkeypatch.setattr(sample, 'available_memory', lambda: 2**30)  # 1 GiB: half of it holds 26.8M tokens
+  for num_tokens in (30_000_000, 10**20):
+    with pytest.raises(ConfigError, match=f'1 sample\\(s\\) of {num_tokens + 1:,} tokens need .* more than half the '
+                                          '1.0 GiB of memory available.*at most ~26,843,545 tokens per sample'):
+      sample.from_workdir(workdir, '\n', num_tokens, 1.0, 0, 0, 1)
+  assert sample.from_workdir(workdir, '\n', 5, 1.0, 0, 0, 1)[0] == 10
+
+
 def test_bert_masking_statistics():
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (400, 250)), jnp.int32)  # 100,000 tokens
   inputs, chosen = mask_tokens(jax.random.PRNGKey(0), tokens, vocab_size=50, mask_id=50)
@@ -270,9 +311,18 @@ def test_an_lm_run_resumes_exactly_and_reports_tokens_per_second(tmp_path, corpu
   assert len((tmp_path / 'full' / 'samples' / samples[0]).read_text()) == 1 + 24  # the prompt and 24 characters
 
 
-def test_sample_command_is_deterministic_and_refuses_bad_input(tmp_path, corpus):
+@pytest.fixture(scope='module')
+def lstm_run(tmp_path_factory):
+  """A finished 10-step LSTM language-model run, for tests that read it (copy it to change it)."""
+  root = tmp_path_factory.mktemp('lstm_run')
+  workdir = str(root / 'lm')
+  train.train(tiny_lm_config(write_corpus(root / 'corpus.txt'), name='lstm', **{'train.num_steps': 10}), workdir)
+  return workdir
+
+
+def test_sample_command_is_deterministic_and_refuses_bad_input(tmp_path, lstm_run):
   workdir = str(tmp_path / 'lm')
-  train.train(tiny_lm_config(corpus, name='lstm', **{'train.num_steps': 10}), workdir)
+  shutil.copytree(lstm_run, workdir)
   first = launch('sample', f'--workdir={workdir}', '--prompt=the ', '--num_tokens=40', '--num_samples=2', '--seed=3')
   assert first.returncode == 0, first.stderr
   texts = [t.split('\n', 1)[1].rstrip('\n') for t in first.stdout.split('--- sample ')[1:]]
@@ -313,8 +363,9 @@ def test_sampling_needs_a_language_model_run_with_a_checkpoint(tmp_path, corpus)
 
 
 def test_masked_lm_trains_through_the_loop(tmp_path, corpus):
-  config = tiny_lm_config(corpus, name='bert', **{'optimizer.learning_rate': 3e-3, 'train.num_steps': 100, 'data.batch_size': 64,
-                                                  'train.eval_every': 50, 'train.checkpoint_every': 50})
+  config = tiny_lm_config(corpus, name='bert', **{'optimizer.learning_rate': 3e-3, 'train.num_steps': 100,
+                                                  'data.batch_size': 64, 'train.eval_every': 50,
+                                                  'train.checkpoint_every': 50})
   summary = train.train(config, str(tmp_path / 'bert'))
   # a uniform guess scores ln 30 = 3.40 nats; 100 steps learn part of the character frequencies (whose
   # entropy, 3.18 nats, takes longer to reach)

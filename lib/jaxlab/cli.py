@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 DEFAULT_COMMAND = 'train'
 JOB_COMMANDS = ('train', 'bench', 'cv')  # one process of a multi-process job each, where the flags say so
+STATEFUL_COMMANDS = ('train', 'cv')  # a signal saves their state; they exit 0 (see jaxlab.run.stop)
 PARENT_COMMANDS = ('sweep', 'search', 'results', 'tpu', 'slurm')  # they start runs and handle signals themselves
 OWN_PARSER_COMMANDS = ('tpu', 'slurm')  # their arguments after `--` are a command line passed on untouched
 BOOLEAN_FLAGS = ('restart', 'norestart', 'help', 'helpfull', 'helpshort')
@@ -118,15 +119,26 @@ def main(argv: Sequence[str] | None = None, root: str | None = None, launcher: S
     module = importlib.import_module(COMMANDS[command][0])
     sys.exit(module.main(argv[argv.index(command) + 1:], root=root))
   if command not in PARENT_COMMANDS:
-    # First thing: from here on SIGTERM or a Ctrl-C during start-up exits 0 instead of a traceback.
+    # First thing: from here on SIGTERM or a Ctrl-C during start-up is one line (`_stopped`), not a traceback.
     stop.install()
-  from absl import app
-  run = _define_flags(command)
-  if any(a in ('--help', '-h', '--helpshort') for a in argv[1:argv.index('--') if '--' in argv else None]):
-    print(command_help(command))
-    return
-  app.run(lambda args: _main(command, run, args, launcher), argv=argv,
-          flags_parser=lambda args: _parse(args, command, root))
+  try:
+    from absl import app
+    run = _define_flags(command)
+    if any(a in ('--help', '-h', '--helpshort') for a in argv[1:argv.index('--') if '--' in argv else None]):
+      print(command_help(command))
+      return
+    app.run(lambda args: _main(command, run, args, launcher), argv=argv,
+            flags_parser=lambda args: _parse(args, command, root))
+  except stop.Stopped as e:
+    _stopped(command, e)
+
+
+def _stopped(command: str, stopped: stop.Stopped) -> None:
+  """A training run stopped before its state existed has lost nothing: exit 0, as after its checkpoint.
+  Any other command's work was cut short: one line and status 128 + the signal's number."""
+  if command in STATEFUL_COMMANDS:
+    sys.exit(0)
+  _fail(f'stopped by {stopped.signal_name} before {command} finished; it wrote no results', stopped.exit_code)
 
 
 def _project_root() -> str:

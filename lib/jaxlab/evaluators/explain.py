@@ -27,12 +27,14 @@ from jaxlab import tasks
 from jaxlab.errors import ConfigError
 from jaxlab.evaluators import attribution, robustness
 from jaxlab.run import program as program_lib
+from jaxlab.run import stop
 from jaxlab.tasks import attacks
 
 RESULTS_FILE = 'explain.json'
 TARGETS = ('predicted', 'label')
 
 MAX_PANELS = 16  # examples drawn in each figure; explain.json holds every one
+EXAMPLES_PER_CALL = 64  # examples per compiled attribution call
 
 
 def plot_file(method: str) -> str:
@@ -101,9 +103,10 @@ def explain(workdir: str, split: str = 'test', num: int = 16, methods: Sequence[
   report = {'step': step, 'split': split, 'target': target, 'labels': labels.tolist(), 'predicted': predicted.tolist(),
             'ig_steps': ig_steps, 'smoothgrad_samples': smoothgrad_samples, 'methods': {}}
   pixels = np.asarray(space.to_pixels(jnp.asarray(inputs)))
+  figures = {}
   for method in methods:
     maps_of = _attributor(task, space, method, ig_steps, smoothgrad_samples)
-    trained, randomised = (np.asarray(maps_of(s, inputs, targets, key)) for s in (state, random_state))
+    trained, randomised = (_maps_in_chunks(maps_of, s, inputs, targets, key) for s in (state, random_state))
     shown = attribution.per_position(method, trained), attribution.per_position(method, randomised)
     correlations = attribution.rank_correlations(*shown)
     entry = {'rank_correlation_with_reinitialised': float(np.nanmean(correlations)),
@@ -114,10 +117,30 @@ def explain(workdir: str, split: str = 'test', num: int = 16, methods: Sequence[
       entry['completeness_errors'] = errors.tolist()
     report['methods'][method] = entry
     panels = slice(0, MAX_PANELS)  # a figure of every example would grow without bound (100 px each)
-    _plot(method, pixels[panels], shown[0][panels], shown[1][panels], labels[panels], predicted[panels],
-          str(epath.Path(workdir) / plot_file(method)))
-  (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(report, indent=1))
+    figures[method] = (pixels[panels], shown[0][panels], shown[1][panels], labels[panels], predicted[panels])
+  with stop.deferred():  # every file whole, or none
+    for method, panels in figures.items():
+      _plot(method, *panels, str(epath.Path(workdir) / plot_file(method)))
+    (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(report, indent=1))
   return report
+
+
+def _maps_in_chunks(maps_of: Any, state: Any, inputs: np.ndarray, targets: jax.Array, key: jax.Array) -> np.ndarray:
+  """maps_of over EXAMPLES_PER_CALL examples at a time: memory stays flat, time grows linearly with the number
+  of examples, and a signal stops the command between chunks. Chunk c > 0 draws its noise from fold_in(key, c);
+  a last, partial chunk is padded to the same shape, so one program serves every chunk."""
+  size = min(len(inputs), EXAMPLES_PER_CALL)
+  maps = []
+  for c, begin in enumerate(range(0, len(inputs), size)):
+    part_inputs, part_targets = inputs[begin:begin + size], targets[begin:begin + size]
+    real = len(part_inputs)
+    if real < size:
+      part_inputs = np.concatenate([part_inputs, np.zeros((size - real, *inputs.shape[1:]), inputs.dtype)])
+      part_targets = jnp.concatenate([part_targets, jnp.zeros((size - real,), part_targets.dtype)])
+    chunk_key = key if c == 0 else jax.random.fold_in(key, c)
+    maps.append(np.asarray(maps_of(state, part_inputs, part_targets, chunk_key))[:real])
+    stop.check()
+  return np.concatenate(maps)
 
 
 def _plot(method: str, pixels: np.ndarray, trained: np.ndarray, randomised: np.ndarray, labels: np.ndarray,

@@ -17,7 +17,7 @@ from etils import epath
 
 from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
-from jaxlab.run import evaluation
+from jaxlab.run import evaluation, stop
 from jaxlab.tasks import attacks
 
 RESULTS_FILE = 'attack.json'
@@ -53,14 +53,16 @@ def attack(workdir: str, eps: Sequence[float], methods: Sequence[str], pgd_steps
                             pgd_restarts=pgd_restarts, pgd_step_size=pgd_step_size))
   chosen = attacks.from_config(config)  # bad settings: one line before any data is read
   step, results = evaluation.evaluate_checkpoint(config, workdir, num_examples)
-  report = {'step': step, 'examples': {split: m['examples'] for split, m in results.items()}, 'eps': list(eps), 'methods': list(methods), 'pgd_steps': pgd_steps,
+  report = {'step': step, 'examples': {split: m['examples'] for split, m in results.items()}, 'eps': list(eps),
+            'methods': list(methods), 'pgd_steps': pgd_steps,
             'pgd_restarts': pgd_restarts, 'pgd_step_size': pgd_step_size or None,
             'splits': {split: {'clean': m['accuracy'],
                                **{method: [m[f'{a.name}_accuracy'] for a in chosen if a.method == method]
                                   for method in methods}}
                        for split, m in results.items()}}
-  (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(report, indent=1))
-  _plot(report, str(epath.Path(workdir) / PLOT_FILE))
+  with stop.deferred():  # both files whole, or neither
+    (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(report, indent=1))
+    _plot(report, str(epath.Path(workdir) / PLOT_FILE))
   return report
 
 

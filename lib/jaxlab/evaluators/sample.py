@@ -3,6 +3,7 @@ or best checkpoint)."""
 
 from __future__ import annotations
 
+import os
 import types
 from typing import Any, Callable
 
@@ -18,9 +19,29 @@ from jaxlab.data import text
 from jaxlab.errors import ConfigError, DataError
 from jaxlab.observe import images, logging
 from jaxlab.observe.logging import SHOWCASE_DIR
-from jaxlab.run import checkpoint, program
+from jaxlab.run import checkpoint, program, stop
 
 MAX_IMAGES = 1024  # in one grid PNG (32 x 32 images)
+# What one generated token costs in memory: the int32 buffer on the device and on the host, the int64 ids
+# decoding reads, and up to 4 bytes of Python text.
+BYTES_PER_TOKEN = 4 + 4 + 8 + 4
+
+
+def available_memory() -> int:
+  """Bytes free for a reader's arrays: the host's available memory, and the device's limit if it reports one."""
+  host = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+  stats = jax.devices()[0].memory_stats() or {}
+  device = stats.get('bytes_limit', host) - stats.get('bytes_in_use', 0)
+  return min(host, device)
+
+
+def check_text_fits(num_samples: int, length: int) -> None:
+  """One line, before anything is allocated, if `num_samples` texts of `length` tokens cannot fit in memory."""
+  need, have = num_samples * length * BYTES_PER_TOKEN, available_memory() // 2
+  if need > have:
+    raise ConfigError(f'{num_samples} sample(s) of {length:,} tokens need ~{need / 2**30:,.1f} GiB, more than half '
+                      f'the {have * 2 / 2**30:.1f} GiB of memory available; ask for fewer --num_tokens or '
+                      f'--num_samples (at most ~{have // (num_samples * BYTES_PER_TOKEN):,} tokens per sample here)')
 
 
 def _restore_state(workdir: str, task: Any, example: Any, which: str) -> tuple[int, Any]:
@@ -64,8 +85,10 @@ def images_from_workdir(workdir: str, num: int, seed: int, which: str = 'newest'
                       'gan or vae run, or a language model')
   step, state = _restore_state(workdir, task, source.example_batch(), which)
   path = epath.Path(workdir) / SHOWCASE_DIR / f'sample_step{step}_seed{seed}_{num}.png'
-  path.parent.mkdir(parents=True, exist_ok=True)
-  logging.write_png(path, images.grid(task.sample_images(state, jax.random.key(seed), num)))
+  grid = images.grid(task.sample_images(state, jax.random.key(seed), num))
+  with stop.deferred():  # the PNG whole, or none
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logging.write_png(path, grid)
   return step, str(path)
 
 
@@ -96,6 +119,7 @@ def from_workdir(workdir: str, prompt: str, num_tokens: int, temperature: float,
   config_lib.require(num_samples > 0, f'--num_samples must be positive, got {num_samples}')
   config_lib.require(temperature >= 0, f'--temperature must be >= 0, got {temperature}')
   config_lib.require(prompt != '', '--prompt is empty; give at least one character (the default is a newline)')
+  check_text_fits(num_samples, len(prompt) + num_tokens)
   config, vocab, task = load_run(workdir)
   config_lib.require(0 <= top_k <= vocab.size, f'--top_k must be in [0, {vocab.size}] (0: all tokens), got {top_k}')
   try:
@@ -104,7 +128,8 @@ def from_workdir(workdir: str, prompt: str, num_tokens: int, temperature: float,
     raise ConfigError(f'--prompt: {e}') from None
   example = {'x': np.zeros((1, config.data.block_size), np.int32), 'y': np.zeros((1, config.data.block_size), np.int32)}
   step, state = _restore_state(workdir, task, example, which)
-  out = task.generate(state.params, np.tile(tokens, (num_samples, 1)), jax.random.key(seed), num_tokens, temperature, top_k)
+  out = task.generate(state.params, np.tile(tokens, (num_samples, 1)), jax.random.key(seed), num_tokens, temperature,
+                      top_k, between_chunks=lambda _: stop.check())
   return step, [vocab.decode(row) for row in np.asarray(out)]
 
 

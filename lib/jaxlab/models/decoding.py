@@ -10,11 +10,13 @@ slide a cache).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+CHUNK = 64  # positions per compiled call of `generate`: a stop waits for one chunk at most
 
 
 def empty_cache(model: nn.Module, params: Any, batch_size: int, length: int) -> Any:
@@ -40,15 +42,39 @@ def pick(logits: jax.Array, key: jax.Array, temperature: float, top_k: int) -> j
   return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'num_tokens', 'temperature', 'top_k'))
 def generate(model: nn.Module, params: Any, prompt: jax.Array, key: jax.Array, num_tokens: int,
-             temperature: float = 1.0, top_k: int = 0) -> jax.Array:
-  """The prompts (batch, P) followed by `num_tokens` generated tokens each; a function of `key`."""
+             temperature: float = 1.0, top_k: int = 0, chunk: int = CHUNK,
+             between_chunks: Callable[[int], None] | None = None) -> jax.Array:
+  """The prompts (batch, P) followed by `num_tokens` generated tokens each; a function of `key` alone.
+
+  Tokens come `chunk` positions per compiled call (one program for every chunk), and
+  `between_chunks(positions done)` runs after each: a long generation can be stopped between them.
+  """
   batch, prompt_length = prompt.shape
   total = prompt_length + num_tokens
   context = getattr(model, 'block_size', None) or total
   cached_length = min(total, context)
   tokens = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_length].set(prompt)
+  cache = _empty_cache(model, params, batch, cached_length)
+  for start in range(0, total - 1, chunk):
+    end = min(start + chunk, total - 1)
+    tokens, cache = _advance(model, params, tokens, cache, key, jnp.int32(start), jnp.int32(end), prompt_length,
+                             cached_length, temperature, top_k)
+    if between_chunks is not None:
+      between_chunks(end)
+  return tokens
+
+
+_empty_cache = jax.jit(empty_cache, static_argnums=(0, 2, 3))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7, 8, 9, 10))
+def _advance(model: nn.Module, params: Any, tokens: jax.Array, cache: Any, key: jax.Array, start: jax.Array,
+             end: jax.Array, prompt_length: int, cached_length: int, temperature: float,
+             top_k: int) -> tuple[jax.Array, Any]:
+  """Positions start+1 .. end of `tokens` filled: from the cache up to `cached_length`, then each from a
+  full pass over the window of the last `block_size` tokens."""
+  total = tokens.shape[1]
 
   def write(tokens, position, logits):
     sampled = pick(logits, jax.random.fold_in(key, position), temperature, top_k)
@@ -59,12 +85,13 @@ def generate(model: nn.Module, params: Any, prompt: jax.Array, key: jax.Array, n
     logits, cache = decode_one(model, params, cache, tokens[:, t])
     return write(tokens, t + 1, logits), cache
 
-  def from_window(t, tokens):
-    window = jax.lax.dynamic_slice_in_dim(tokens, t + 1 - context, context, axis=1)
-    return write(tokens, t + 1, model.apply({'params': params}, window)[:, -1])
-
-  cache = empty_cache(model, params, batch, cached_length)
-  tokens, _ = jax.lax.fori_loop(0, min(total - 1, cached_length), from_cache, (tokens, cache))
+  tokens, cache = jax.lax.fori_loop(start, jnp.minimum(end, cached_length), from_cache, (tokens, cache))
   if total - 1 > cached_length:  # beyond the context; only then, as a window of `context` must fit in `tokens`
-    tokens = jax.lax.fori_loop(cached_length, total - 1, from_window, tokens)
-  return tokens
+    context = cached_length
+
+    def from_window(t, tokens):
+      window = jax.lax.dynamic_slice_in_dim(tokens, t + 1 - context, context, axis=1)
+      return write(tokens, t + 1, model.apply({'params': params}, window)[:, -1])
+
+    tokens = jax.lax.fori_loop(jnp.maximum(start, cached_length), end, from_window, tokens)
+  return tokens, cache

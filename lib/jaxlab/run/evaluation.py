@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from jaxlab import parallel
-from jaxlab.run import compile_ahead, steps
+from jaxlab.run import compile_ahead, steps, stop
 from jaxlab.run.program import Program, restore_checkpoint
 from jaxlab.tasks.state import TrainState
 
@@ -32,11 +32,12 @@ def report(metrics: dict[str, Any], per_replica: bool) -> dict[str, Any]:
   return out
 
 
-def evaluator(program: Program, eval_sums: dict[str, Any],
-               max_batches: int = 0) -> Callable[[TrainState], dict[str, dict[str, float]]]:
+def evaluator(program: Program, eval_sums: dict[str, Any], max_batches: int = 0,
+              stoppable: bool = False) -> Callable[[TrainState], dict[str, dict[str, float]]]:
   """evaluate(state) -> {split: metrics} over the first `max_batches` batches of each split (0: all);
-  each split's raw sums are kept in `eval_sums` for the final report."""
-  one_in_flight = steps.one_step_in_flight()
+  each split's raw sums are kept in `eval_sums` for the final report. `stoppable`: a reader's evaluation,
+  which a signal stops after the batch under way (see jaxlab.run.stop)."""
+  one_in_flight = steps.one_step_in_flight() or stoppable
 
   def evaluate(state: TrainState) -> dict[str, dict[str, float]]:
     results = {}
@@ -47,6 +48,8 @@ def evaluator(program: Program, eval_sums: dict[str, Any],
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         if one_in_flight:
           jax.block_until_ready(sums)
+        if stoppable:
+          stop.check()
       eval_sums[split] = jax.device_get(sums)
       results[split] = report(program.summarize(eval_sums[split]), program.per_replica)
     return results
@@ -70,7 +73,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   evaluated under `config` on the first `num_examples` of each split, in whole batches (0: all)."""
   step, program, state = restore_checkpoint(config, workdir)
   sums = {}
-  results = evaluator(program, sums, -(-num_examples // config.data.eval_batch_size))(state)
+  results = evaluator(program, sums, -(-num_examples // config.data.eval_batch_size), stoppable=True)(state)
   for split, split_sums in sums.items():
     results[split]['examples'] = int(np.max(split_sums['count']))
   return step, results

@@ -1,37 +1,73 @@
-"""'Save and stop': what SIGTERM (a TPU VM preemption, a scheduler's kill) and the first Ctrl-C mean.
+"""What SIGTERM (a TPU VM preemption, a scheduler's kill) and Ctrl-C mean.
 
-Before the run's state exists there is nothing to save, and either signal exits at once with
-status 0. Once the loop has armed the handler, a signal only sets a flag that the loop reads
-after every step: it saves a checkpoint and leaves, exit 0. A second Ctrl-C while that is under
-way aborts (KeyboardInterrupt). With several processes, jax.distributed's own SIGTERM handler
-relays a preemption to all of them (`requested` asks it), so no Python handler is installed.
+Training: once the loop has armed the handler, a signal only sets a flag that the loop reads
+after every step: it saves a checkpoint and leaves, exit 0. Before the run's state exists there
+is nothing to save, and either signal raises `Stopped` at once (the command line exits 0 for a
+training run). A second Ctrl-C while a save is under way aborts (KeyboardInterrupt).
+A command that only reads a run (sample, attack, explain, bench) is never armed: a signal raises
+`Stopped`, which the command line reports as "stopped" with status 128 + the signal's number, and
+such commands call `check()` between chunks of work. Python cannot raise from everywhere: raised
+inside a garbage-collection callback or a `__del__` (JAX runs one at every collection) the
+exception would be printed and lost, so there it is swallowed and the flag stays set for the next
+`check()`, and the signal is delivered once more a moment later.
+With several processes, jax.distributed's own SIGTERM handler relays a preemption to all of them
+(`requested` asks it), so no Python handler is installed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 import threading
+from typing import Iterator
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+REDELIVERY_DELAY_S = 0.2
+
+
+class Stopped(BaseException):  # like KeyboardInterrupt: no `except Exception` may swallow it
+  """A stop signal ended the command before its work was done."""
+
+  def __init__(self, signal_name: str):
+    super().__init__(signal_name)
+    self.signal_name = signal_name
+    self.exit_code = 128 + signal.Signals[signal_name].value
 
 
 class _State:
   def __init__(self):
-    self.depth = 0  # nested install() calls: launch.py's, then train()'s
+    self.depth = 0  # nested install() calls: the command line's, then train()'s
     self.previous: dict[int, object] = {}
+    self.previous_unraisable_hook = None
     self.armed = False
     self.received: str | None = None
+    self.redelivering = False
 
 
 _state = _State()
 
 
 def _handle(signum: int, frame) -> None:
-  if _state.received == 'SIGINT' and signum == signal.SIGINT:
+  name = signal.Signals(signum).name
+  if _state.redelivering:
+    _state.redelivering = False
+  elif _state.received == 'SIGINT' and signum == signal.SIGINT:
     raise KeyboardInterrupt  # the second Ctrl-C: the user wants out now
+  _state.received = name
   if not _state.armed:
-    raise SystemExit(0)
-  _state.received = signal.Signals(signum).name
+    raise Stopped(name)
+
+
+def _unraisable(hook_args) -> None:
+  """A Stopped raised where Python cannot propagate it: keep the flag and deliver the signal again."""
+  if not isinstance(hook_args.exc_value, Stopped):
+    _state.previous_unraisable_hook(hook_args)
+    return
+  _state.redelivering = True
+  signum = signal.Signals[hook_args.exc_value.signal_name].value
+  threading.Timer(REDELIVERY_DELAY_S, os.kill, (os.getpid(), signum)).start()
 
 
 def install() -> bool:
@@ -40,6 +76,7 @@ def install() -> bool:
     return False
   if _state.depth == 0:
     _state.previous = {s: signal.signal(s, _handle) for s in _SIGNALS}
+    _state.previous_unraisable_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     _state.received = None
   _state.depth += 1
   return True
@@ -52,12 +89,29 @@ def uninstall() -> None:
   if _state.depth == 0:
     for s, previous in _state.previous.items():
       signal.signal(s, previous)
+    sys.unraisablehook = _state.previous_unraisable_hook
     _state.armed = False
 
 
 def arm() -> None:
-  """From now on a signal means 'save and stop at the next step' rather than 'exit now'."""
+  """From now on a signal means 'save and stop at the next step' rather than 'stop now'."""
   _state.armed = True
+
+
+def check() -> None:
+  """Raises Stopped if a signal has arrived and nothing is armed to save: a reading command's loops call it."""
+  if _state.received and not _state.armed and _state.depth:
+    raise Stopped(_state.received)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+  """Within the block (a command writing its results) a signal waits: the files are written whole."""
+  armed, _state.armed = _state.armed, True
+  try:
+    yield
+  finally:
+    _state.armed = armed
 
 
 def requested(step: int, multi_process: bool) -> str | None:
