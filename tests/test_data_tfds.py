@@ -1,6 +1,7 @@
 """Offline TFDS preparation of MNIST and Fashion-MNIST from their IDX files (JAXLAB_DATA_DIR)."""
 
 import gzip
+import math
 import os
 import socket
 
@@ -104,6 +105,79 @@ def test_bad_idx_file_is_rejected(tmp_path):
     f.write(b'\x00\x00\x08\x05' + b'\x00' * 16)
   with pytest.raises(DataError, match='not an IDX'):
     tfds_idx.read_idx(str(path))
+
+
+def _idx(magic, dims, data=None):
+  """A gzip-compressed IDX file: `magic`, `dims`, then `data` (zeros filling `dims` unless given)."""
+  header = b''.join(n.to_bytes(4, 'big') for n in (magic, *dims))
+  return gzip.compress(header + (bytes(math.prod(dims)) if data is None else data))
+
+
+def _cut(raw):
+  return raw[:len(raw) // 2]
+
+
+def _zero_crc(raw):
+  return raw[:-8] + bytes(8)
+
+
+@needs_data('mnist/t10k-labels-idx1-ubyte.gz')
+@pytest.mark.parametrize('damage, message', [
+    (_cut, ' is truncated: its gzip stream ends before its end marker'),
+    (lambda raw: b'<html>Not Found</html>', " is not a gzip file: it starts with b'<h', not the gzip magic 1f 8b"),
+    (lambda raw: b'', " is not a gzip file: it starts with b'', not the gzip magic 1f 8b"),
+    (_zero_crc, ' is a damaged gzip file (CRC check failed 0x0 != 0x4ab9eff9)'),
+], ids=['truncated', 'html', 'empty', 'bad-crc'])
+def test_a_file_that_is_not_a_whole_gzip_stream_is_one_line_naming_it(tmp_path, damage, message):
+  path = tmp_path / 't10k-labels-idx1-ubyte.gz'
+  with open(os.path.join(DATA_DIR, 'mnist', path.name), 'rb') as f:
+    path.write_bytes(damage(f.read()))
+  with pytest.raises(DataError) as error:
+    tfds_idx.read_idx(str(path))
+  assert str(error.value) == f'{path}{message}'
+
+
+@pytest.mark.parametrize('raw, message', [
+    (_idx(2457, ()), ' is not an IDX label or image file (magic number 2457)'),
+    (gzip.compress(b'\x00\x00\x08\x03\x00\x00\x27\x10'), ' ends inside its IDX header, after 8 bytes'),
+    (gzip.compress(b'\x08\x01'), ' ends inside its IDX header, after 2 bytes'),
+    (_idx(2049, (100,), bytes(50)), ' holds 50 bytes of data, but its IDX header says shape (100,) (100 bytes)'),
+    (_idx(2049, (10,), bytes(50)), ' holds 50 bytes of data, but its IDX header says shape (10,) (10 bytes)'),
+    (_idx(2051, (3, 28, 28), bytes(100)),
+     ' holds 100 bytes of data, but its IDX header says shape (3, 28, 28) (2352 bytes)'),
+    (_idx(2051, (2**32 - 1, 28, 28), bytes(10**6)),
+     ' holds 1000000 bytes of data, but its IDX header says shape (4294967295, 28, 28) (3367254359280 bytes)'),
+], ids=['bad-magic', 'cut-in-dims', 'cut-in-magic', 'too-little-data', 'too-much-data', 'images-short', 'huge'])
+def test_an_idx_header_that_does_not_fit_the_data_is_one_line_naming_it(tmp_path, raw, message):
+  path = tmp_path / 'train-images-idx3-ubyte.gz'
+  path.write_bytes(raw)
+  with pytest.raises(DataError) as error:
+    tfds_idx.read_idx(str(path))
+  assert str(error.value) == f'{path}{message}'
+
+
+@pytest.mark.parametrize('file, raw, message', [
+    ('train-images-idx3-ubyte.gz', _idx(2049, (3,)), 'holds an array of shape (3,), not 28x28 images'),
+    ('train-images-idx3-ubyte.gz', _idx(2051, (3, 32, 32)), 'holds an array of shape (3, 32, 32), not 28x28 images'),
+    ('train-labels-idx1-ubyte.gz', _idx(2051, (3, 28, 28)), 'holds an array of shape (3, 28, 28), not labels'),
+    ('train-labels-idx1-ubyte.gz', _idx(2049, (3,), bytes([1, 12, 2])), 'has label 12; the labels are 0..9'),
+    ('train-labels-idx1-ubyte.gz', _idx(2049, (2,)),
+     'has 3 images but {folder}/train-labels-idx1-ubyte.gz has 2 labels'),
+    ('train-images-idx3-ubyte.gz', _cut(_idx(2051, (3, 28, 28), np.random.default_rng(0).bytes(3 * 28 * 28))),
+     'is truncated: its gzip stream ends before its end marker'),
+], ids=['labels-as-images', 'wrong-image-size', 'images-as-labels', 'label-out-of-range', 'count-mismatch',
+        'truncated'])
+def test_preparing_from_idx_files_that_do_not_fit_together_is_one_line_naming_the_file(tmp_path, file, raw, message):
+  folder = tmp_path / 'raw' / 'mnist'
+  folder.mkdir(parents=True)
+  for images, labels in tfds_idx.IDX_FILES.values():
+    (folder / images).write_bytes(_idx(2051, (3, 28, 28)))
+    (folder / labels).write_bytes(_idx(2049, (3,)))
+  (folder / file).write_bytes(raw)
+  named = 'train-images-idx3-ubyte.gz' if message.startswith('has 3 images') else file
+  with pytest.raises(DataError) as error:
+    tfds_idx.prepare('mnist', str(tmp_path / 'raw'), str(tmp_path / 'tfds'))
+  assert str(error.value) == f'{folder}/{named} ' + message.format(folder=folder)
 
 
 @needs_idx_files

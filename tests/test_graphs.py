@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 
 import jax
 import numpy as np
@@ -96,6 +97,218 @@ def test_planetoid_and_linqs_readers_give_the_same_graph():
   shared = lambda keys, g, label: sorted((k, label(g.labels[i]), degree(g)[i]) for i, k in enumerate(keys)
                                          if counts[k] > 1)
   assert shared(ours_keys, ours, lambda y: relabel[y]) == shared(linqs_keys, linqs, lambda y: y)
+
+
+# Damaged Planetoid files, written as the originals are: protocol-2 pickles of numpy 1 arrays and scipy CSR matrices.
+
+
+def _global(module, name):
+  return f'c{module}\n{name}\n'.encode()
+
+
+def _value(obj):
+  """The opcodes that push `obj` (ints, strings, bytes, tuples of them), without PROTO and STOP."""
+  return pickle.dumps(obj, protocol=3)[2:-1]
+
+
+def _array(a, dtype_args=None):
+  """The opcodes of numpy 1's pickle of array `a`: _reconstruct(ndarray, (0,), 'b'), then its state."""
+  dtype = (_global('numpy', 'dtype') + _value((a.dtype.str[1:], 0, 1) if dtype_args is None else dtype_args) + b'R'
+           + _value((3, a.dtype.str[0], None, None, None, -1, -1, 0)) + b'b')
+  empty = _global('numpy.core.multiarray', '_reconstruct') + _global('numpy', 'ndarray') + _value((0,)) + _value('b')
+  return empty + b'\x87R(' + _value(1) + _value(a.shape) + dtype + _value(False) + _value(a.tobytes()) + b'tb'
+
+
+def _pickle(opcodes):
+  return b'\x80\x02' + opcodes + b'.'
+
+
+def _csr(state):
+  """A pickled scipy CSR matrix with `state` (arrays and plain values), laid out as ind.cora.x is."""
+  items = b''.join(_value(key) + (_array(v) if isinstance(v, np.ndarray) else _value(v))
+                   for key, v in state.items())
+  return _pickle(_global('scipy.sparse.csr', 'csr_matrix') + b')\x81}(' + items + b'ub')
+
+
+def _state(folder, part):
+  return dict(vars(planetoid.unpickle(str(folder / f'ind.cora.{part}'))))
+
+
+@pytest.fixture
+def cora_copy(tmp_path):
+  """A writable copy of the Planetoid files of Cora, for a test to damage."""
+  folder = tmp_path / 'cora'
+  folder.mkdir()
+  for name in os.listdir(CORA):
+    if name.startswith('ind.cora.'):
+      shutil.copyfile(os.path.join(CORA, name), folder / name)
+  return folder
+
+
+def _read_error(folder):
+  with pytest.raises(DataError) as error:
+    planetoid.read_planetoid(str(folder))
+  return str(error.value)
+
+
+def _edit_lines(edit):
+  def damage(folder):
+    lines = (folder / 'ind.cora.test.index').read_text().split('\n')[:-1]
+    (folder / 'ind.cora.test.index').write_text('\n'.join(edit(lines)) + '\n')
+  return damage
+
+
+@needs_cora
+@pytest.mark.parametrize('damage, message', [
+    (_edit_lines(lambda lines: [lines[0], 'abc'] + lines[2:]), " line 2: 'abc' is not a node index"),
+    (_edit_lines(lambda lines: ['99999'] + lines[1:]),
+     ' names node 99999; the test nodes are 1708..2707, those of the rows of ind.cora.tx'),
+    (_edit_lines(lambda lines: [lines[0], lines[0]] + lines[2:]), ' lists node 2692 more than once'),
+    (_edit_lines(lambda lines: lines[:-1]), ' lists 999 test nodes, but ind.cora.tx has 1000 rows'),
+], ids=['not-an-integer', 'out-of-range', 'repeated', 'one-short'])
+def test_a_damaged_test_index_is_one_line_naming_it(cora_copy, damage, message):
+  damage(cora_copy)
+  assert _read_error(cora_copy) == f'{cora_copy}/ind.cora.test.index{message}'
+
+
+def _edit_graph(edit):
+  def damage(folder):
+    graph = planetoid.unpickle(str(folder / 'ind.cora.graph'))
+    (folder / 'ind.cora.graph').write_bytes(pickle.dumps(edit(graph), protocol=2))
+  return damage
+
+
+@needs_cora
+@pytest.mark.parametrize('damage, message', [
+    (_edit_graph(lambda g: {**g, '7': [1]}), ": key '7' is not a node index 0..2707"),
+    (_edit_graph(lambda g: {**g, 2708: [1]}), ': key 2708 is not a node index 0..2707'),
+    (_edit_graph(lambda g: {**g, 0: [1, -3]}), ': node 0 lists neighbour -3, not a node index 0..2707'),
+    (_edit_graph(lambda g: {**g, 0: 5}), ': node 0 maps to 5, not a list of neighbours'),
+    (_edit_graph(lambda g: list(g.items())), ' holds a list, not a dict of adjacency lists'),
+], ids=['string-key', 'key-out-of-range', 'neighbour-out-of-range', 'not-a-list', 'not-a-dict'])
+def test_a_damaged_adjacency_dict_is_one_line_naming_it(cora_copy, damage, message):
+  damage(cora_copy)
+  assert _read_error(cora_copy) == f'{cora_copy}/ind.cora.graph{message}'
+
+
+def _edit_labels(part, edit):
+  def damage(folder):
+    labels = planetoid.unpickle(str(folder / f'ind.cora.{part}'))
+    (folder / f'ind.cora.{part}').write_bytes(_pickle(_array(edit(labels))))
+  return damage
+
+
+def _widen_tx(folder):
+  (folder / 'ind.cora.tx').write_bytes(_csr({**_state(folder, 'tx'), '_shape': (1000, 1500)}))
+
+
+@needs_cora
+@pytest.mark.parametrize('damage, message', [
+    (_edit_labels('ally', lambda a: a[:-8]), 'ind.cora.ally has 1700 rows, but ind.cora.allx has 1708'),
+    (_edit_labels('ty', lambda a: a[:, :6]), 'ind.cora.ty has 6 classes, but ind.cora.y has 7'),
+    (_edit_labels('y', lambda a: a.argmax(1)),
+     'ind.cora.y holds a (140,) int64 array, not a 2-D array of one-hot labels'),
+    (_widen_tx, 'ind.cora.tx has 1500 columns, but ind.cora.x has 1433'),
+], ids=['short-ally', 'fewer-classes', 'one-dimensional-labels', 'more-columns'])
+def test_arrays_whose_shapes_disagree_are_one_line_naming_them(cora_copy, damage, message):
+  damage(cora_copy)
+  assert _read_error(cora_copy) == f'{cora_copy}/{message}'
+
+
+def _edit_allx(edit):
+  def damage(folder):
+    state = _state(folder, 'allx')
+    edit(state)
+    (folder / 'ind.cora.allx').write_bytes(_csr(state))
+  return damage
+
+
+@needs_cora
+@pytest.mark.parametrize('damage, message', [
+    (_edit_allx(lambda s: s['indices'].__setitem__(5, 5000)), 'CSR column index 5000 is outside 0..1432'),
+    (_edit_allx(lambda s: s['indices'].__setitem__(5, -1)), 'CSR column index -1 is outside 0..1432'),
+    (_edit_allx(lambda s: s['indptr'].__setitem__(7, 10**6)),
+     ('CSR indptr must rise from 0 to 31261 (the stored entries) in 1709 non-decreasing offsets, one per row and '
+      'the end')),
+    (_edit_allx(lambda s: s.update(data=s['data'][:-1])), 'CSR data has 31260 entries but indices has 31261'),
+    (_edit_allx(lambda s: s.pop('indptr')), 'the CSR matrix lacks indptr'),
+    (_edit_allx(lambda s: s.update(_shape=(1708, '1433'))), "CSR shape (1708, '1433') is not two sizes"),
+], ids=['index-too-large', 'negative-index', 'indptr-decreasing', 'short-data', 'no-indptr', 'bad-shape'])
+def test_a_damaged_csr_matrix_is_one_line_naming_it(cora_copy, damage, message):
+  damage(cora_copy)
+  assert _read_error(cora_copy) == f'{cora_copy}/ind.cora.allx: {message}'
+
+
+_HUGE = (10**11,)  # float64: 745 GiB
+
+
+@needs_cora
+@pytest.mark.parametrize('opcodes, message', [
+    (_global('numpy.core.multiarray', '_reconstruct') + _global('numpy', 'ndarray') + _value(_HUGE) + _value('f8')
+     + b'\x87R', 'declares a 100000000000 float64 array (745.1 GiB), more than the whole file ({size} bytes)'),
+    (_global('numpy._core.multiarray', '_reconstruct') + _global('numpy', 'ndarray') + _value((10**6, 7))
+     + _value('i4') + b'\x87R', 'declares a 1000000x7 int32 array (26.7 MiB), more than the whole file ({size} bytes)'),
+    (_global('numpy', 'ndarray') + _value((_HUGE, 'f8')) + b'R',
+     'refusing to call numpy.ndarray directly; numpy pickles arrays through _reconstruct'),
+], ids=['reconstruct-745GiB', 'reconstruct-numpy-2', 'ndarray-called'])
+def test_an_array_larger_than_its_file_is_refused_before_it_is_allocated(cora_copy, opcodes, message):
+  (cora_copy / 'ind.cora.y').write_bytes(_pickle(opcodes))
+  message = message.format(size=len(_pickle(opcodes)))
+  assert _read_error(cora_copy) == f'{cora_copy}/ind.cora.y: {message}'
+
+
+@needs_cora
+def test_features_too_large_for_memory_are_refused_before_they_are_made_dense(cora_copy, monkeypatch):
+  for part in ('x', 'allx', 'tx'):
+    state = _state(cora_copy, part)
+    (cora_copy / f'ind.cora.{part}').write_bytes(_csr({**state, '_shape': (state['_shape'][0], 10**9)}))
+  monkeypatch.setattr(planetoid, '_memory_bytes', lambda: 64 * 2**30, raising=False)
+  assert _read_error(cora_copy) == (f'{cora_copy}/ind.cora.allx and ind.cora.tx: their dense features '
+                                    "(2708x1000000000 float32, 9.9 TiB) would not fit in this machine's 64.0 GiB "
+                                    'of memory')
+
+
+@needs_cora
+@pytest.mark.parametrize('dtype_args, message', [
+    (('zz', 0, 1), "bad numpy.dtype arguments ('zz', 0, 1)"),
+    ((), 'bad numpy.dtype arguments ()'),
+    (('i4', 0, 1, 'x', 'y'), "bad numpy.dtype arguments ('i4', 0, 1, 'x', 'y')"),
+    (('O8', 0, 1), 'refusing numpy dtype object; a Planetoid array holds booleans, integers or floats'),
+], ids=['unknown-type', 'no-arguments', 'too-many-arguments', 'object'])
+def test_bad_numpy_dtype_arguments_are_one_line_naming_the_file(cora_copy, dtype_args, message):
+  y = planetoid.unpickle(str(cora_copy / 'ind.cora.y'))
+  (cora_copy / 'ind.cora.y').write_bytes(_pickle(_array(y, dtype_args=dtype_args)))
+  assert _read_error(cora_copy) == f'{cora_copy}/ind.cora.y: {message}'
+
+
+def _renamed_in_the_stream(folder):
+  for part in ('x', 'y', 'allx', 'ally', 'tx', 'ty'):
+    raw = (folder / f'ind.cora.{part}').read_bytes()
+    assert raw.count(b'cnumpy.core.multiarray\n') >= 1
+    (folder / f'ind.cora.{part}').write_bytes(raw.replace(b'cnumpy.core.multiarray\n', b'cnumpy._core.multiarray\n'))
+
+
+def _pickled_by_this_numpy(folder):
+  import scipy.sparse
+  for part in ('x', 'y', 'allx', 'ally', 'tx', 'ty'):
+    value = planetoid.unpickle(str(folder / f'ind.cora.{part}'))
+    if part.endswith('x'):
+      value = scipy.sparse.csr_matrix((value.data, value.indices, value.indptr), shape=value._shape)
+    raw = pickle.dumps(value)
+    assert int(np.__version__.split('.')[0]) < 2 or b'numpy._core.multiarray' in raw
+    (folder / f'ind.cora.{part}').write_bytes(raw)
+
+
+@needs_cora
+@pytest.mark.parametrize('repickle', [_renamed_in_the_stream, _pickled_by_this_numpy])
+def test_arrays_pickled_with_numpy_2_names_load_equal_to_the_originals(cora_copy, repickle):
+  repickle(cora_copy)
+  ours, original = planetoid.read_planetoid(str(cora_copy)), planetoid.read_planetoid(CORA)
+  for field in ('features', 'labels', 'senders', 'receivers'):
+    np.testing.assert_array_equal(getattr(ours, field), getattr(original, field))
+  assert ours.masks.keys() == original.masks.keys()
+  for split in original.masks:
+    np.testing.assert_array_equal(ours.masks[split], original.masks[split])
 
 
 # --- models ----------------------------------------------------------------------------------------

@@ -17,17 +17,35 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import math
 import os
 import pickle
-from typing import Any, Iterator
+import reprlib
+from typing import Any, Iterator, NamedTuple
 
 import ml_collections
 import numpy as np
 
-from jaxlab.errors import ConfigError, DataError
+from jaxlab.errors import ConfigError, DataError, first_line
 
 Batch = dict[str, np.ndarray]
 SPLITS = ('train', 'validation', 'test')
+
+
+_NUMPY_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, wherever it lives
+_NUMBERS = 'biuf'  # the dtype kinds a Planetoid array may have: booleans, integers, floats
+
+
+def _size(nbytes: int) -> str:
+  """`nbytes` as a message shows it: '745.1 GiB'."""
+  for unit, scale in (('TiB', 2**40), ('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
+    if nbytes >= scale:
+      return f'{nbytes / scale:.1f} {unit}'
+  return f'{nbytes} bytes'
+
+
+def _describe(obj: Any) -> str:
+  return f'a {obj.shape} {obj.dtype} array' if isinstance(obj, np.ndarray) else f'a {type(obj).__name__}'
 
 
 class _CSR:
@@ -36,38 +54,69 @@ class _CSR:
   def __setstate__(self, state: dict[str, Any]) -> None:
     self.__dict__.update(state)
 
-  def toarray(self) -> np.ndarray:
-    dense = np.zeros(self._shape, np.float32)
-    rows = np.repeat(np.arange(self._shape[0]), np.diff(self.indptr))
-    dense[rows, self.indices] = self.data
-    return dense
-
 
 class _PlanetoidUnpickler(pickle.Unpickler):
-  """Admits the few globals the Planetoid files name; any other is refused before it can run."""
+  """Admits the few globals the Planetoid files name; any other is refused before it can run.
 
-  ALLOWED = {
-      ('numpy', 'ndarray'): np.ndarray,
-      ('numpy', 'dtype'): np.dtype,
-      ('numpy.core.multiarray', '_reconstruct'): np.ndarray.__reduce__(np.zeros(0))[0],
-      ('scipy.sparse.csr', 'csr_matrix'): _CSR,
-      ('scipy.sparse._csr', 'csr_matrix'): _CSR,
-      ('collections', 'defaultdict'): collections.defaultdict,
-      ('__builtin__', 'list'): list,
-      ('builtins', 'list'): list,
-  }
-
-  def find_class(self, module: str, name: str) -> Any:
-    try:
-      return self.ALLOWED[(module, name)]
-    except KeyError:
-      raise DataError(f'{self.path}: refusing to unpickle {module}.{name}; a Planetoid file holds only numpy '
-                      'arrays, CSR matrices and adjacency lists') from None
+  numpy's constructors are admitted through checks that run before anything is allocated: an array
+  only of a numeric dtype, and no larger than the file, since its bytes must follow in the file.
+  """
 
   def __init__(self, path: str):
     self.path = path
     with open(path, 'rb') as f:
-      super().__init__(io.BytesIO(f.read()), encoding='latin1')
+      raw = f.read()
+    self.file_size = len(raw)
+    super().__init__(io.BytesIO(raw), encoding='latin1')
+    self.ndarray = self._ndarray  # one object, so that _reconstruct can tell it by identity
+    self.allowed = {
+        ('numpy', 'ndarray'): self.ndarray,
+        ('numpy', 'dtype'): self._dtype,
+        ('numpy.core.multiarray', '_reconstruct'): self._reconstruct,
+        ('numpy._core.multiarray', '_reconstruct'): self._reconstruct,  # numpy 2's name for the same function
+        ('scipy.sparse.csr', 'csr_matrix'): _CSR,
+        ('scipy.sparse._csr', 'csr_matrix'): _CSR,
+        ('collections', 'defaultdict'): collections.defaultdict,
+        ('__builtin__', 'list'): list,
+        ('builtins', 'list'): list,
+    }
+
+  def find_class(self, module: str, name: str) -> Any:
+    try:
+      return self.allowed[(module, name)]
+    except KeyError:
+      raise DataError(f'{self.path}: refusing to unpickle {module}.{name}; a Planetoid file holds only numpy '
+                      'arrays, CSR matrices and adjacency lists') from None
+
+  def _ndarray(self, *args: Any) -> None:
+    # numpy pickles an array as _reconstruct(ndarray, ...) and its state; calling ndarray itself would
+    # allocate whatever shape the file names.
+    raise DataError(f'{self.path}: refusing to call numpy.ndarray directly; numpy pickles arrays through '
+                    '_reconstruct')
+
+  def _dtype(self, *args: Any) -> np.dtype:
+    try:
+      dtype = np.dtype(*args)
+    except Exception:  # noqa: BLE001 - numpy raises TypeError, ValueError and more for arguments it cannot read
+      raise DataError(f'{self.path}: bad numpy.dtype arguments {reprlib.repr(args)}') from None
+    if dtype.kind not in _NUMBERS:
+      raise DataError(f'{self.path}: refusing numpy dtype {dtype}; a Planetoid array holds booleans, integers or '
+                      'floats')
+    return dtype
+
+  def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's _reconstruct: an empty array for the state that follows to fill, once it is known to fit the file."""
+    if subtype is not self.ndarray:
+      raise DataError(f'{self.path}: refusing _reconstruct of anything but numpy.ndarray')
+    dtype = self._dtype(dtype)
+    dims = (shape,) if isinstance(shape, int) else shape
+    if not (isinstance(dims, tuple) and all(type(n) is int and n >= 0 for n in dims)):
+      raise DataError(f'{self.path}: array shape {reprlib.repr(shape)} is not a tuple of sizes')
+    nbytes = math.prod(dims) * dtype.itemsize
+    if nbytes > self.file_size:
+      raise DataError(f'{self.path}: declares a {"x".join(map(str, dims))} {dtype} array ({_size(nbytes)}), more '
+                      f'than the whole file ({self.file_size} bytes)')
+    return _NUMPY_RECONSTRUCT(np.ndarray, dims, dtype)
 
 
 def _open(path: str) -> str:
@@ -80,8 +129,118 @@ def unpickle(path: str) -> Any:
   """One Planetoid pickle, read with only its known globals admitted."""
   try:
     return _PlanetoidUnpickler(_open(path)).load()
-  except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
-    raise DataError(f'{path}: not a readable Planetoid pickle ({e})') from None
+  except DataError:
+    raise
+  except Exception as e:  # noqa: BLE001 - whatever a damaged stream makes pickle or numpy raise, the file's fault
+    raise DataError(f'{path}: not a readable Planetoid pickle ({type(e).__name__}: {first_line(e)})') from None
+
+
+class _Sparse(NamedTuple):
+  """A CSR matrix checked to be one: row r's entries are data[indptr[r]:indptr[r + 1]], in columns indices[...]."""
+
+  rows: int
+  cols: int
+  data: np.ndarray
+  indices: np.ndarray  # int64
+  indptr: np.ndarray  # int64
+
+
+def _sparse(path: str) -> _Sparse:
+  """The CSR matrix pickled at `path`, checked to describe a matrix of its shape."""
+  matrix = unpickle(path)
+  if not isinstance(matrix, _CSR):
+    raise DataError(f'{path} holds {_describe(matrix)}, not a CSR feature matrix')
+  state = vars(matrix)
+  missing = [key for key in ('_shape', 'data', 'indices', 'indptr') if key not in state]
+  if missing:
+    raise DataError(f'{path}: the CSR matrix lacks {", ".join(missing)}')
+  shape = state['_shape']
+  if not (isinstance(shape, tuple) and len(shape) == 2 and all(type(n) is int and n >= 0 for n in shape)):
+    raise DataError(f'{path}: CSR shape {reprlib.repr(shape)} is not two sizes')
+  for key, kinds, what in (('data', _NUMBERS, 'numeric'), ('indices', 'iu', 'integer'), ('indptr', 'iu', 'integer')):
+    if not (isinstance(state[key], np.ndarray) and state[key].ndim == 1 and state[key].dtype.kind in kinds):
+      raise DataError(f'{path}: CSR {key} is {_describe(state[key])}, not a 1-D {what} array')
+  (rows, cols), data = shape, state['data']
+  indices, indptr = state['indices'].astype(np.int64), state['indptr'].astype(np.int64)
+  if len(data) != len(indices):
+    raise DataError(f'{path}: CSR data has {len(data)} entries but indices has {len(indices)}')
+  if len(indptr) != rows + 1 or indptr[0] != 0 or indptr[-1] != len(indices) or np.any(np.diff(indptr) < 0):
+    raise DataError(f'{path}: CSR indptr must rise from 0 to {len(indices)} (the stored entries) in {rows + 1} '
+                    'non-decreasing offsets, one per row and the end')
+  if len(indices) and (indices.min() < 0 or indices.max() >= cols):
+    raise DataError(f'{path}: CSR column index {indices.min() if indices.min() < 0 else indices.max()} is outside '
+                    f'0..{cols - 1}')
+  return _Sparse(rows, cols, data, indices, indptr)
+
+
+def _labels(path: str) -> np.ndarray:
+  """The one-hot labels pickled at `path`: a 2-D numeric array."""
+  labels = unpickle(path)
+  if not (isinstance(labels, np.ndarray) and labels.ndim == 2 and labels.shape[1] and labels.dtype.kind in _NUMBERS):
+    raise DataError(f'{path} holds {_describe(labels)}, not a 2-D array of one-hot labels')
+  return labels
+
+
+def _memory_bytes() -> int | None:
+  """This machine's physical memory; None where the OS does not tell."""
+  try:
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (AttributeError, ValueError, OSError):
+    return None
+
+
+def _dense(*matrices: _Sparse) -> np.ndarray:
+  """The matrices stacked row-wise as one dense float32 matrix."""
+  dense = np.zeros((sum(m.rows for m in matrices), matrices[0].cols), np.float32)
+  start = 0
+  for m in matrices:
+    dense[start + np.repeat(np.arange(m.rows), np.diff(m.indptr)), m.indices] = m.data
+    start += m.rows
+  return dense
+
+
+def _test_index(path: str, first: int, num_nodes: int, tx: str) -> np.ndarray:
+  """The test nodes in file order: each of first..num_nodes-1 (the nodes of the rows of `tx`) once."""
+  with open(_open(path), 'rb') as f:
+    lines = f.read().splitlines()
+  index = []
+  for number, line in enumerate(lines, 1):
+    if line.strip():
+      try:
+        index.append(int(line))
+      except ValueError:
+        raise DataError(f'{path} line {number}: {reprlib.repr(line.strip().decode("latin1"))} is not a node '
+                        'index') from None
+  if len(index) != num_nodes - first:
+    raise DataError(f'{path} lists {len(index)} test nodes, but {tx} has {num_nodes - first} rows')
+  outside = next((n for n in index if not first <= n < num_nodes), None)
+  if outside is not None:
+    raise DataError(f'{path} names node {outside}; the test nodes are {first}..{num_nodes - 1}, those of the '
+                    f'rows of {tx}')
+  counts = np.bincount(np.array(index) - first, minlength=num_nodes - first)
+  if counts.max(initial=0) > 1:
+    raise DataError(f'{path} lists node {first + counts.argmax()} more than once')
+  return np.array(index)
+
+
+def _edges(path: str, num_nodes: int) -> np.ndarray:
+  """The (node, neighbour) pairs of the adjacency lists pickled at `path`."""
+  adjacency = unpickle(path)
+  if not isinstance(adjacency, dict):
+    raise DataError(f'{path} holds {_describe(adjacency)}, not a dict of adjacency lists')
+  is_node = lambda n: type(n) is int and 0 <= n < num_nodes
+  pairs = []
+  for node, others in adjacency.items():
+    if not is_node(node):
+      raise DataError(f'{path}: key {reprlib.repr(node)} is not a node index 0..{num_nodes - 1}')
+    if not isinstance(others, list):
+      raise DataError(f'{path}: node {node} maps to {reprlib.repr(others)}, not a list of neighbours')
+    for other in others:
+      if not is_node(other):
+        raise DataError(f'{path}: node {node} lists neighbour {reprlib.repr(other)}, not a node index '
+                        f'0..{num_nodes - 1}')
+      pairs.append((node, other))
+  return np.array(pairs, np.int64).reshape(-1, 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,19 +269,29 @@ def undirected_edges(pairs: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.
 
 def read_planetoid(directory: str, name: str = 'cora') -> Graph:
   """The Planetoid files of `name`, ordered as the GCN code orders them (test nodes at their index)."""
-  load = lambda part: unpickle(os.path.join(directory, f'ind.{name}.{part}'))
-  x, y, allx, ally, tx, ty, adjacency = (load(p) for p in ('x', 'y', 'allx', 'ally', 'tx', 'ty', 'graph'))
-  with open(_open(os.path.join(directory, f'ind.{name}.test.index'))) as f:
-    test_index = np.array([int(line) for line in f if line.strip()])
+  path = lambda part: os.path.join(directory, f'ind.{name}.{part}')
+  x, y, allx, ally, tx, ty = (_sparse(path(part)) if part.endswith('x') else _labels(path(part))
+                              for part in ('x', 'y', 'allx', 'ally', 'tx', 'ty'))
+  for features, labels, part in ((x, y, 'y'), (allx, ally, 'ally'), (tx, ty, 'ty')):
+    if len(labels) != features.rows:
+      raise DataError(f'{path(part)} has {len(labels)} rows, but ind.{name}.{part[:-1]}x has {features.rows}')
+  for labels, part in ((ally, 'ally'), (ty, 'ty')):
+    if labels.shape[1] != y.shape[1]:
+      raise DataError(f'{path(part)} has {labels.shape[1]} classes, but ind.{name}.y has {y.shape[1]}')
+  for features, part in ((allx, 'allx'), (tx, 'tx')):
+    if features.cols != x.cols:
+      raise DataError(f'{path(part)} has {features.cols} columns, but ind.{name}.x has {x.cols}')
+  num_nodes, nbytes, memory = allx.rows + tx.rows, (allx.rows + tx.rows) * x.cols * 4, _memory_bytes()
+  if memory and nbytes > memory:
+    raise DataError(f'{path("allx")} and ind.{name}.tx: their dense features ({num_nodes}x{x.cols} float32, '
+                    f'{_size(nbytes)}) would not fit in this machine\'s {_size(memory)} of memory')
+  test_index = _test_index(path('test.index'), allx.rows, num_nodes, f'ind.{name}.tx')
+  pairs = _edges(path('graph'), num_nodes)
   test_sorted = np.sort(test_index)
-  features = np.concatenate([allx.toarray(), tx.toarray()])
+  features = _dense(allx, tx)
   labels = np.concatenate([ally, ty]).argmax(-1).astype(np.int32)
   # Row len(allx) + k of the stack is tx[k], test node test_index[k]: move it there (test_sorted[k] is that row).
   features[test_index], labels[test_index] = features[test_sorted].copy(), labels[test_sorted].copy()
-  num_nodes = len(labels)
-  if adjacency and max(adjacency) >= num_nodes:
-    raise DataError(f'{directory}/ind.{name}.graph names node {max(adjacency)} of a graph with {num_nodes} nodes')
-  pairs = np.array([(node, other) for node, others in adjacency.items() for other in others])
   senders, receivers = undirected_edges(pairs, num_nodes)
   masks = {split: np.zeros(num_nodes, bool) for split in SPLITS}
   masks['train'][:len(y)] = True

@@ -8,11 +8,13 @@ encoding: decoding PNGs runs at only ~2-3k examples/s here) and are read back wi
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 
 import numpy as np
 
-from jaxlab.errors import DataError
+from jaxlab.errors import DataError, first_line
 
 IDX_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
              'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
@@ -23,20 +25,53 @@ WHERE_TO_GET = {
 NAMES = tuple(WHERE_TO_GET)
 NUM_CLASSES = 10
 _IDX_MAGIC = {2049: 1, 2051: 3}  # labels: 1 dimension, images: 3
+_GZIP_MAGIC = b'\x1f\x8b'
 
 
 def read_idx(path: str) -> np.ndarray:
   """The uint8 array in a gzip-compressed IDX file (big-endian header, then row-major data)."""
-  with gzip.open(path, 'rb') as f:
-    raw = f.read()
-  magic = int.from_bytes(raw[:4], 'big')
-  if magic not in _IDX_MAGIC:
-    raise DataError(f'{path} is not an IDX label or image file (magic number {magic})')
-  dims = np.frombuffer(raw, '>u4', _IDX_MAGIC[magic], 4).astype(int)
-  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * len(dims))
-  if data.size != np.prod(dims):
-    raise DataError(f'{path} holds {data.size} bytes of data, its header says {tuple(dims)}')
-  return data.reshape(dims)
+  with open(path, 'rb') as f:
+    start = f.read(2)
+  if start != _GZIP_MAGIC:
+    raise DataError(f'{path} is not a gzip file: it starts with {start!r}, not the gzip magic 1f 8b')
+  try:
+    with gzip.open(path, 'rb') as f:
+      header = f.read(4)
+      magic = int.from_bytes(header, 'big')
+      if len(header) == 4 and magic not in _IDX_MAGIC:
+        raise DataError(f'{path} is not an IDX label or image file (magic number {magic})')
+      header += f.read(4 * _IDX_MAGIC.get(magic, 0))
+      if len(header) < 4 + 4 * _IDX_MAGIC.get(magic, 0):
+        raise DataError(f'{path} ends inside its IDX header, after {len(header)} bytes')
+      dims = tuple(int.from_bytes(header[i:i + 4], 'big') for i in range(4, len(header), 4))
+      size, data, extra = math.prod(dims), bytearray(), 0
+      # In chunks, keeping at most `size` bytes: neither a header that lies nor a gzip bomb costs memory.
+      for chunk in iter(lambda: f.read(1 << 20), b''):
+        kept = chunk[:size - len(data)]
+        data += kept
+        extra += len(chunk) - len(kept)
+  except EOFError:
+    raise DataError(f'{path} is truncated: its gzip stream ends before its end marker') from None
+  except (OSError, zlib.error) as e:
+    raise DataError(f'{path} is a damaged gzip file ({first_line(e)})') from None
+  if len(data) + extra != size:
+    raise DataError(f'{path} holds {len(data) + extra} bytes of data, but its IDX header says shape {dims} '
+                    f'({size} bytes)')
+  return np.frombuffer(data, np.uint8).reshape(dims)
+
+
+def read_examples(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray]:
+  """The (n, 28, 28) images and (n,) labels of one split, checked to belong together."""
+  images, labels = read_idx(images_path), read_idx(labels_path)
+  if images.shape[1:] != (28, 28):
+    raise DataError(f'{images_path} holds an array of shape {images.shape}, not 28x28 images')
+  if labels.ndim != 1:
+    raise DataError(f'{labels_path} holds an array of shape {labels.shape}, not labels')
+  if len(images) != len(labels):
+    raise DataError(f'{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels')
+  if len(labels) and labels.max() >= NUM_CLASSES:
+    raise DataError(f'{labels_path} has label {labels.max()}; the labels are 0..{NUM_CLASSES - 1}')
+  return images, labels
 
 
 def raw_dir(data_dir: str, name: str) -> str:
@@ -77,9 +112,7 @@ def _builder_class(name: str):
               for split, (images, labels) in IDX_FILES.items()}
 
     def _generate_examples(self, images_path, labels_path):
-      images, labels = read_idx(images_path), read_idx(labels_path)
-      if len(images) != len(labels):
-        raise DataError(f'{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels')
+      images, labels = read_examples(images_path, labels_path)
       for i in range(len(labels)):
         yield i, {'image': images[i][..., None], 'label': int(labels[i])}
 
