@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import signal
 
@@ -338,6 +339,27 @@ def test_sample_command_is_deterministic_and_refuses_bad_input(tmp_path, lstm_ru
   lost = launch('sample', f'--workdir={workdir}', '--num_tokens=5')
   assert lost.returncode == 1 and lost.stderr.count('\n') == 1, lost.stderr
   assert f'{text.VOCABULARY_FILE} is missing' in lost.stderr and sorted(os.listdir(workdir)) == before
+
+
+@pytest.mark.parametrize('saved, message', [
+    ({'kind': 'char', 'symbols': 5}, 'is damaged: symbols is int 5, not a string'),
+    ({'kind': 'word', 'symbols': 'ab'}, "is damaged: kind 'word' is not one of char, byte"),
+    ({'kind': 'char', 'symbols': 'ba'}, 'is damaged: the symbols of a char vocabulary are its distinct characters'),
+    ({'kind': 'byte', 'symbols': ''}, r'does not fit the model: params/head/bias has shape \(SIZE,\) saved, \(256,\) '
+                                      r'now: .*vocabulary.json \(byte, 256 tokens\) is not the vocabulary the run'),
+])
+def test_a_damaged_vocabulary_is_one_line_naming_it(tmp_path, lstm_run, saved, message):
+  workdir = str(tmp_path / 'lm')
+  shutil.copytree(lstm_run, workdir)
+  size = len(text.read_vocabulary(workdir).symbols)  # the corpus's characters, which size the model's output
+  message = message.replace('SIZE', str(size))
+  with open(os.path.join(workdir, text.VOCABULARY_FILE), 'w') as f:
+    json.dump(saved, f)
+  before = {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)}
+  proc = launch('sample', f'--workdir={workdir}', '--num_tokens=5')
+  assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr[-3000:]
+  assert re.match(f'error: .*{message}', proc.stderr), proc.stderr
+  assert {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)} == before
 
 
 def test_sampling_needs_a_language_model_run_with_a_checkpoint(tmp_path, corpus):

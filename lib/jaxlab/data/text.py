@@ -73,9 +73,26 @@ def read_vocabulary(workdir: str) -> Vocabulary | None:
     return None
   try:
     saved = json.loads(path.read_text())
-    return Vocabulary(saved['kind'], saved['symbols'])
+    kind, symbols = saved['kind'], saved['symbols']
   except (ValueError, KeyError, TypeError):
     raise ConfigError(f'{path} is not a vocabulary file; move it away to rebuild it from the corpus') from None
+  problem = _vocabulary_problem(kind, symbols)
+  if problem:
+    raise ConfigError(f'{path} is damaged: {problem}')
+  return Vocabulary(kind, symbols)
+
+
+def _vocabulary_problem(kind: object, symbols: object) -> str | None:
+  """What makes (kind, symbols) no vocabulary Vocabulary.to_json writes, or None."""
+  if kind not in VOCABULARIES:
+    return f'kind {kind!r} is not one of {", ".join(VOCABULARIES)}'
+  if not isinstance(symbols, str):
+    return f'symbols is {type(symbols).__name__} {symbols!r:.40}, not a string'
+  if kind == 'byte' and symbols:
+    return 'a byte vocabulary has no symbols (its ids are the 256 byte values)'
+  if kind == 'char' and (not symbols or list(symbols) != sorted(set(symbols))):
+    return 'the symbols of a char vocabulary are its distinct characters, sorted, at least one'
+  return None
 
 
 def corpus_path(cfg: ml_collections.ConfigDict) -> str:

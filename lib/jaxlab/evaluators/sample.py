@@ -127,7 +127,11 @@ def from_workdir(workdir: str, prompt: str, num_tokens: int, temperature: float,
   except ConfigError as e:
     raise ConfigError(f'--prompt: {e}') from None
   example = {'x': np.zeros((1, config.data.block_size), np.int32), 'y': np.zeros((1, config.data.block_size), np.int32)}
-  step, state = _restore_state(workdir, task, example, which)
+  try:
+    step, state = _restore_state(workdir, task, example, which)
+  except checkpoint.CheckpointMismatchError as e:
+    raise ConfigError(f'{e}: {epath.Path(workdir) / text.VOCABULARY_FILE} ({vocab.kind}, {vocab.size} tokens) is '
+                      'not the vocabulary the run was trained with') from None
   out = task.generate(state.params, np.tile(tokens, (num_samples, 1)), jax.random.key(seed), num_tokens, temperature,
                       top_k, between_chunks=lambda _: stop.check())
   return step, [vocab.decode(row) for row in np.asarray(out)]

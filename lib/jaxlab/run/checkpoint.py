@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxlab.errors import JaxlabError
+from jaxlab.errors import ConfigError, JaxlabError
 from jaxlab.run import compile_ahead
 
 CORRUPT_DIR = 'corrupt'  # <checkpoints>/../corrupt/<step>-<time>: steps that failed verification
@@ -29,6 +29,11 @@ CORRUPT_DIR = 'corrupt'  # <checkpoints>/../corrupt/<step>-<time>: steps that fa
 
 class CorruptCheckpointError(JaxlabError):
   """A checkpoint that cannot be read back, or whose content differs from what was saved."""
+
+
+class CheckpointMismatchError(ConfigError):
+  """A checkpoint whose arrays have other shapes than the state it should be restored into: every step of the
+  run shares this (the model or what sizes it, such as a vocabulary, changed), so it is no damage."""
 
 
 class CheckpointSaveError(JaxlabError):
@@ -74,6 +79,13 @@ def compile_checksums(tree: Any) -> None:
 def checksum(tree: Any) -> list[list[int]]:
   """[[linear, mixed], ...] per leaf of `tree`, as plain ints (JSON)."""
   return [[int(v) for v in pair] for pair in jax.device_get(_checksums(tree))]
+
+
+def _shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """{path of names: shape} of every array leaf, the path alike for a TrainState and orbax's metadata of it."""
+  name = lambda key: str(getattr(key, 'name', getattr(key, 'key', getattr(key, 'idx', key))))
+  return {tuple(map(name, path)): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+          if hasattr(leaf, 'shape')}
 
 
 def _first_line(error: BaseException) -> str:
@@ -156,6 +168,9 @@ class Checkpointer:
 
   def restore(self, step: int, target: Any, meta: dict[str, Any]) -> Any:
     """The state saved at `step`, laid out like `target`, verified against `meta['checksum']`."""
+    mismatch = self.shape_mismatch(step, target)
+    if mismatch:
+      raise CheckpointMismatchError(f'checkpoint {step} in {self.directory} does not fit the model: {mismatch}')
     try:
       state = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     except Exception as e:  # noqa: BLE001 - a truncated or missing data file fails deep inside tensorstore
@@ -163,6 +178,18 @@ class Checkpointer:
     if checksum(state) != meta.get('checksum'):
       raise CorruptCheckpointError(f'checkpoint {step}: its content differs from what was saved (checksum mismatch)')
     return state
+
+  def shape_mismatch(self, step: int, target: Any) -> str | None:
+    """The first array whose saved shape differs from `target`'s, as '<path> is ... saved, ... now'; None if all
+    agree or the checkpoint's metadata cannot be read (restoring then says what is wrong)."""
+    try:
+      saved = _shapes(ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory) / str(step) / 'state'))
+    except Exception:  # noqa: BLE001 - damaged metadata: the restore's own error names the damage
+      return None
+    for path, shape in _shapes(target).items():
+      if path in saved and saved[path] != shape:
+        return f'{"/".join(path)} has shape {saved[path]} saved, {shape} now'
+    return None
 
   def move_aside(self, step: int) -> str:
     """Moves a bad step out of orbax's sight to <workdir>/corrupt/<step>-<time>; returns where."""

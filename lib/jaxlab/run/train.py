@@ -85,9 +85,8 @@ class _Run:
     program, config = self.program, self.config
     try:
       found = program_lib.restore_newest(program, self.ckpt, config, self.workdir, resuming=True)
-    except checkpoint.CorruptCheckpointError as e:
-      raise checkpoint.CorruptCheckpointError(f'{e}. Fix the cause, or pass --restart to move the run aside and '
-                                              'start over') from None
+    except (checkpoint.CorruptCheckpointError, checkpoint.CheckpointMismatchError) as e:
+      raise type(e)(f'{e}. Fix the cause, or pass --restart to move the run aside and start over') from None
     self.start = self.step = found[0] if found else 0
     self.best = early_stopping.from_config(self.workdir, config)
     self.active = self._active()
