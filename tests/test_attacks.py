@@ -1,6 +1,8 @@
 """FGSM and PGD: bounds, pixel space, a hand-computed FGSM on a linear model, PGD at least as strong,
 and robust accuracy through the training loop's evaluation."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,6 +146,26 @@ def _softmax_cross_entropy(logits, labels):
   shifted = logits - logits.max(1, keepdims=True)
   log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
   return -log_probs[np.arange(len(labels)), labels]
+
+
+@pytest.mark.parametrize('command', ['attack', 'explain'])
+def test_a_reader_imports_no_code_a_run_folder_names_unless_its_checkpoint_was_saved_by_it(trained_run, tmp_path,
+                                                                                          command):
+  """config.json edited to name a model module of someone else's: refused before that module is imported."""
+  import json
+  import shutil
+
+  from conftest import launch
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained_run[0], workdir)
+  saved = json.loads((workdir / 'config.json').read_text())
+  saved['model']['name'] = 'planted_module:Model'
+  (workdir / 'config.json').write_text(json.dumps(saved))
+  (tmp_path / 'planted_module.py').write_text(f'open({str(tmp_path / "imported")!r}, "w").close()\nModel = None\n')
+  proc = launch(command, f'--workdir={workdir}', env={**os.environ, 'PYTHONPATH': str(tmp_path)}, timeout=180)
+  assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr[-3000:]
+  assert 'was saved by a different config' in proc.stderr and 'model.name' in proc.stderr
+  assert not (tmp_path / 'imported').exists()
 
 
 def test_fgsm_adversarial_training_is_goodfellows_mixture_on_logistic_regression():

@@ -362,6 +362,19 @@ def test_a_damaged_vocabulary_is_one_line_naming_it(tmp_path, lstm_run, saved, m
   assert {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)} == before
 
 
+def test_sample_imports_no_code_a_run_folder_names_unless_its_checkpoint_was_saved_by_it(tmp_path, lstm_run):
+  workdir = str(tmp_path / 'lm')
+  shutil.copytree(lstm_run, workdir)
+  saved = json.loads(open(os.path.join(workdir, 'config.json')).read())
+  saved['model']['name'] = 'planted_module:Model'
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(saved, f)
+  (tmp_path / 'planted_module.py').write_text(f'open({str(tmp_path / "imported")!r}, "w").close()\nModel = None\n')
+  proc = launch('sample', f'--workdir={workdir}', '--num_tokens=5', env={**os.environ, 'PYTHONPATH': str(tmp_path)})
+  assert proc.returncode == 2 and 'was saved by a different config' in proc.stderr, proc.stderr[-3000:]
+  assert not (tmp_path / 'imported').exists()
+
+
 def test_sampling_needs_a_language_model_run_with_a_checkpoint(tmp_path, corpus):
   classifier = str(tmp_path / 'classifier')
   os.makedirs(classifier)

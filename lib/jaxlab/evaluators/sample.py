@@ -61,10 +61,19 @@ def _restore_state(workdir: str, task: Any, example: Any, which: str) -> tuple[i
   return found[0], found[1]
 
 
-def _saved_config(workdir: str) -> ml_collections.ConfigDict:
+def _saved_config(workdir: str, which: str = 'newest') -> ml_collections.ConfigDict:
+  """The run's config, refused unless its checkpoints were saved by it (nothing it names is imported before)."""
   if not (epath.Path(workdir) / config_lib.CONFIG_FILE).exists():
     raise ConfigError(f'{workdir} holds no run (no {config_lib.CONFIG_FILE})')
-  return config_lib.read_run(workdir)
+  config = config_lib.read_run(workdir)
+  directory = epath.Path(workdir) / program.CHECKPOINT_DIRS[which]
+  if directory.exists():
+    ckpt = checkpoint.Checkpointer(str(directory), keep=1_000_000)
+    try:
+      program.check_saved_config(ckpt, config, workdir)
+    finally:
+      ckpt.close()
+  return config
 
 
 def is_text_run(workdir: str) -> bool:
@@ -77,7 +86,7 @@ def images_from_workdir(workdir: str, num: int, seed: int, which: str = 'newest'
   folder; returns (checkpoint step, the PNG's path)."""
   config_lib.require(num > 0, f'--num must be positive, got {num}')
   config_lib.require(num <= MAX_IMAGES, f'--num {num} images do not fit one grid; at most {MAX_IMAGES}')
-  config = _saved_config(workdir)
+  config = _saved_config(workdir, which)
   source = data.make_source(config.data, config.seed)  # no workdir: a reader writes nothing there
   task = tasks.make(config, source, program.read_run)
   if not hasattr(task, 'sample_images'):
@@ -92,9 +101,9 @@ def images_from_workdir(workdir: str, num: int, seed: int, which: str = 'newest'
   return step, str(path)
 
 
-def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, text.Vocabulary, Any]:
+def load_run(workdir: str, which: str = 'newest') -> tuple[ml_collections.ConfigDict, text.Vocabulary, Any]:
   """A language-model run's config, vocabulary and task, read from its workdir (no corpus needed)."""
-  config = _saved_config(workdir)
+  config = _saved_config(workdir, which)
   vocab = text.read_vocabulary(workdir)
   if vocab is None and config.data.name == 'text':
     raise DataError(f'{epath.Path(workdir) / text.VOCABULARY_FILE} is missing; sample decodes with the vocabulary '
@@ -120,7 +129,7 @@ def from_workdir(workdir: str, prompt: str, num_tokens: int, temperature: float,
   config_lib.require(temperature >= 0, f'--temperature must be >= 0, got {temperature}')
   config_lib.require(prompt != '', '--prompt is empty; give at least one character (the default is a newline)')
   check_text_fits(num_samples, len(prompt) + num_tokens)
-  config, vocab, task = load_run(workdir)
+  config, vocab, task = load_run(workdir, which)
   config_lib.require(0 <= top_k <= vocab.size, f'--top_k must be in [0, {vocab.size}] (0: all tokens), got {top_k}')
   try:
     tokens = vocab.encode(prompt)

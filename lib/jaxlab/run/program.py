@@ -237,9 +237,10 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: s
   if not directory.exists():
     raise JaxlabError(f'{workdir} has no checkpoint to load (no {CHECKPOINT_DIRS[which]}/ folder' +
                       ('; the best one is kept only with train.early_stopping_metric)' if which == 'best' else ')'))
-  program = build(config, workdir)
   ckpt = checkpoint.Checkpointer(str(directory), keep=1_000_000)  # never deletes: it only reads
   try:
+    check_saved_config(ckpt, config, workdir, step)
+    program = build(config, workdir)
     found = _restore_step(program, ckpt, config, workdir, step) if step else restore_newest(
         program, ckpt, config, workdir, resuming=False)
   finally:
@@ -247,6 +248,21 @@ def restore_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: s
   if found is None:
     raise JaxlabError(f'{directory} holds no checkpoint')
   return found[0], program, found[1]
+
+
+def check_saved_config(ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict, workdir: str,
+                       step: int = 0) -> None:
+  """Refuses `config` unless the checkpoint to be read (`step`, else the newest whose config reads) was saved
+  by it. Readers call it before building anything: a model that a run folder's config.json names is code,
+  imported only once the checkpoint vouches for it."""
+  for candidate in [step] if step else sorted(ckpt.all_steps(), reverse=True):
+    try:
+      saved, _ = ckpt.read_meta(candidate)
+    except checkpoint.CorruptCheckpointError:
+      continue
+    config_lib.check_same(saved, config, f'the checkpoint of step {candidate} in {workdir} was saved by a '
+                                         'different config')
+    return
 
 
 def _restore_step(program: Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,
