@@ -108,6 +108,30 @@ with workdir_lock.WorkdirLock({str(point)!r}):
   assert f'point {point.name} is still held by a run (pid {holder.pid}' in capsys.readouterr().out
 
 
+def test_a_point_held_longer_than_the_sweep_waits_stops_it_with_one_line(tmp_path):
+  from jaxlab.errors import ConfigError
+  point = tmp_path / 'learning_rate=0.1'
+  holder = subprocess.Popen([sys.executable, '-c', f'''
+import time
+from jaxlab.run import workdir_lock
+with workdir_lock.WorkdirLock({str(point)!r}):
+  print('held', flush=True)
+  time.sleep(60)
+'''], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    with pytest.raises(sweep.PointHeld, match=rf'point {point.name} is still held by a run \(pid {holder.pid}.* after '
+                                              r'0.5s; stop that process \(or wait longer with --wait\)'):
+      sweep.wait_until_free(str(point), point.name, wait=0.5)
+    assert holder.poll() is None  # the holder is left alone
+  finally:
+    holder.kill()
+    holder.wait()
+  for wait in (-1, float('inf'), float('nan')):
+    with pytest.raises(ConfigError, match='--wait must be a number of seconds >= 0'):
+      sweep.run(os.path.join(ROOT, 'configs', 'mnist1d', 'mlp.py'), str(tmp_path / 'sweep'), wait=wait)
+
+
 def test_killing_a_sweep_stops_its_running_point(tmp_path):
   """SIGKILL of the sweep parent: its point gets SIGTERM from the kernel, saves and exits."""
   spec = os.path.join(ROOT, 'configs', 'mnist1d', 'mlp.py')

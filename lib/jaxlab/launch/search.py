@@ -206,7 +206,7 @@ class _Running:
 
 def run(spec: str, workdir: str, *, trials: int, common: Mapping[str, Any] = {}, parallel: int = 1,
         launcher: Sequence[str] = (sys.executable, 'launch.py'), metric: str = 'validation_accuracy',
-        direction: str = 'maximize', seed: int = 0) -> int:
+        direction: str = 'maximize', seed: int = 0, wait: float = sweep_lib.DEFAULT_WAIT_S) -> int:
   """Runs the search of `spec` until the study in `workdir` has `trials` trials; returns how many failed.
 
   Each trial is one `launch.py` process in `<workdir>/trial-NNNN` (the sweep's runner); its
@@ -214,8 +214,9 @@ def run(spec: str, workdir: str, *, trials: int, common: Mapping[str, Any] = {},
   running resume from their checkpoints first.
   """
   split, name = split_metric(metric)
-  if parallel < 1 or trials < 1:
-    raise ConfigError(f'--parallel and --trials must be >= 1, got {parallel} and {trials}')
+  sweep_lib.check_run_flags(parallel, wait)
+  if trials < 1:
+    raise ConfigError(f'--trials must be >= 1, got {trials}')
   if direction not in ('maximize', 'minimize'):
     raise ConfigError(f'--direction must be maximize or minimize, got {direction!r}')
   optuna = import_optuna()
@@ -258,7 +259,7 @@ def run(spec: str, workdir: str, *, trials: int, common: Mapping[str, Any] = {},
               trial, reported, new = study.ask(space), set(), new - 1
             point_dir = os.path.join(workdir, trial_name(trial.number))
             num_steps = sweep_lib.resolve(spec, [trial.params], common)[0]['num_steps']
-            proc = sweep_lib.launch_point(launcher, spec, common, trial.params, point_dir, slot, parallel)
+            proc = sweep_lib.launch_point(launcher, spec, common, trial.params, point_dir, slot, parallel, wait)
             running[slot] = _Running(proc, trial, num_steps, reported)
             write_manifest(workdir, spec, common, study)
         time.sleep(0.1)
@@ -272,7 +273,7 @@ def run(spec: str, workdir: str, *, trials: int, common: Mapping[str, Any] = {},
           del running[slot]
           done += 1
           failed += not _finish(study, r, point_dir, metric, f'[{done}/{total}]', names, state)
-    except (sweep_lib.Stop, KeyboardInterrupt):
+    except (sweep_lib.Stop, KeyboardInterrupt, sweep_lib.PointHeld) as e:
       # Each run saves a checkpoint on SIGTERM; the same command resumes the trials left RUNNING.
       for r in running.values():
         r.proc.send_signal(signal.SIGTERM)
@@ -280,6 +281,8 @@ def run(spec: str, workdir: str, *, trials: int, common: Mapping[str, Any] = {},
         r.proc.wait()
         if r.pruned_at is not None:
           study.tell(r.trial, state=state.PRUNED)
+      if isinstance(e, sweep_lib.PointHeld):
+        raise
       raise JaxlabError(f'search stopped with {len(running)} trial(s) running; run the same command to continue') from None
     finally:
       signal.signal(signal.SIGTERM, previous)
@@ -323,7 +326,7 @@ def _print_best(workdir: str, study: Any, metric: str, state: Any) -> None:
 
 def define_command() -> Callable[[Any], None]:
   """`search`: Optuna's TPE over the config's search space, trials as sweep points, then one table."""
-  parallel = sweep_lib.define_parallel_flag()
+  parallel, wait = sweep_lib.define_run_flags()
   metric = flags.DEFINE_string('metric', 'validation_accuracy', 'The summary metric to tune.')
   trials = flags.DEFINE_integer('trials', 20, 'Trials the study should hold in the end.')
   direction = flags.DEFINE_enum('direction', None, ['maximize', 'minimize'],
@@ -335,6 +338,6 @@ def define_command() -> Callable[[Any], None]:
     chosen = direction.value or ('minimize' if metric.value.endswith('loss') else 'maximize')
     failed = run(invocation.config_spec, workdir, trials=trials.value, common=invocation.overrides,
                  parallel=parallel.value, launcher=invocation.launcher, metric=metric.value, direction=chosen,
-                 seed=seed.value)
+                 seed=seed.value, wait=wait.value)
     results.report(workdir, metric.value, failed, 'trial(s)')
   return command

@@ -205,21 +205,35 @@ def start(argv: Sequence[str], log_path: str, cores: Sequence[int] | None) -> su
     log.close()
 
 
-def wait_until_free(point_dir: str, name: str, poll: float = 0.2) -> None:
-  """Waits while another process holds the point's workdir (e.g. a run of a killed sweep still saving)."""
+DEFAULT_WAIT_S = 300  # for a point another process holds: long enough for a killed sweep's run to save and exit
+
+
+class PointHeld(JaxlabError):
+  """A point's workdir stayed held by another live process for longer than the sweep waits."""
+
+
+def wait_until_free(point_dir: str, name: str, wait: float = DEFAULT_WAIT_S, poll: float = 0.2) -> None:
+  """Waits while another process holds the point's workdir (e.g. a run of a killed sweep still saving), at
+  most `wait` seconds; then PointHeld."""
   holder = workdir_lock.holder(point_dir)
   if holder is None:
     return
-  print(f'sweep: point {name} is still held by {workdir_lock.describe(holder)}; waiting for it to stop', flush=True)
-  while workdir_lock.holder(point_dir) is not None:
+  print(f'sweep: point {name} is still held by {workdir_lock.describe(holder)}; waiting up to {wait:g}s for it to '
+        'stop', flush=True)
+  deadline = time.monotonic() + wait
+  while (holder := workdir_lock.holder(point_dir)) is not None:
+    if time.monotonic() >= deadline:
+      raise PointHeld(f'point {name} is still held by {workdir_lock.describe(holder)} after {wait:g}s; stop that '
+                      'process (or wait longer with --wait) and run the same command to continue')
     time.sleep(poll)
 
 
 def launch_point(launcher: Sequence[str], spec: str, common: Mapping[str, Any], point: Point, point_dir: str,
-                 slot: int = 0, parallel: int = 1) -> subprocess.Popen:
-  """Starts one point's run in `point_dir`, on slot `slot`'s share of the CPU cores when `parallel` > 1."""
+                 slot: int = 0, parallel: int = 1, wait: float = DEFAULT_WAIT_S) -> subprocess.Popen:
+  """Starts one point's run in `point_dir`, on slot `slot`'s share of the CPU cores when `parallel` > 1, once no
+  other process holds it (waiting `wait` seconds at most)."""
   os.makedirs(point_dir, exist_ok=True)
-  wait_until_free(point_dir, os.path.basename(point_dir))
+  wait_until_free(point_dir, os.path.basename(point_dir), wait)
   cores = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []
   slot_cores = cores_for(slot, parallel, cores) if parallel > 1 and cores else None
   return start(child_argv(launcher, spec, common, point, point_dir), os.path.join(point_dir, LOG_FILE), slot_cores)
@@ -249,22 +263,29 @@ def raise_stop(signum, frame):
 
 
 def run(spec: str, workdir: str, *, common: Mapping[str, Any] = {}, parallel: int = 1,
-        launcher: Sequence[str] = (sys.executable, 'launch.py'), metric: str | None = None) -> int:
+        launcher: Sequence[str] = (sys.executable, 'launch.py'), metric: str | None = None,
+        wait: float = DEFAULT_WAIT_S) -> int:
   """Runs every point of the sweep in `spec` under `workdir`; returns the number that failed.
 
   Finished points are skipped, interrupted ones resume from their checkpoints (train.train
   does that), a failing one is reported with the tail of its log and the others go on.
   """
-  if parallel < 1:
-    raise ConfigError(f'--parallel must be >= 1, got {parallel}')
+  check_run_flags(parallel, wait)
   points = resolve(spec, load(spec), common)
   with workdir_lock.WorkdirLock(workdir, what='sweep'):
     check_unchanged(workdir, points)
-    return _run_points(spec, workdir, points, common, parallel, launcher, metric)
+    return _run_points(spec, workdir, points, common, parallel, launcher, metric, wait)
+
+
+def check_run_flags(parallel: int, wait: float) -> None:
+  if parallel < 1:
+    raise ConfigError(f'--parallel must be >= 1, got {parallel}')
+  if not 0 <= wait < float('inf'):
+    raise ConfigError(f'--wait must be a number of seconds >= 0, got {wait}')
 
 
 def _run_points(spec: str, workdir: str, points: list[dict[str, Any]], common: Mapping[str, Any], parallel: int,
-                launcher: Sequence[str], metric: str | None) -> int:
+                launcher: Sequence[str], metric: str | None, wait: float) -> int:
   with open(os.path.join(workdir, MANIFEST), 'w') as f:
     json.dump({'config': spec, 'common': {k: format_value(v) for k, v in common.items()},
                'points': [{'name': p['name'], 'overrides': p['overrides']} for p in points]}, f, indent=2)
@@ -285,7 +306,7 @@ def _run_points(spec: str, workdir: str, points: list[dict[str, Any]], common: M
         if slot not in running and todo:
           point = todo.popleft()
           proc = launch_point(launcher, spec, common, point['overrides'], os.path.join(workdir, point['name']),
-                              slot, parallel)
+                              slot, parallel, wait)
           running[slot] = (proc, point, time.perf_counter())
       time.sleep(0.1)
       for slot, (proc, point, began) in list(running.items()):
@@ -303,12 +324,14 @@ def _run_points(spec: str, workdir: str, points: list[dict[str, Any]], common: M
         else:
           failed.append(point['name'])
           report_failure(f'[{done}/{total}] FAILED {point["name"]} (exit {proc.returncode})', point_dir, seconds)
-  except (Stop, KeyboardInterrupt):
+  except (Stop, KeyboardInterrupt, PointHeld) as e:
     # Each run saves a checkpoint on SIGTERM, so the same sweep command continues from there.
     for proc, _, _ in running.values():
       proc.send_signal(signal.SIGTERM)
     for proc, _, _ in running.values():
       proc.wait()
+    if isinstance(e, PointHeld):
+      raise
     raise JaxlabError(f'sweep stopped with {len(running) + len(todo)} point(s) unfinished; '
                       'run the same command to continue') from None
   finally:
@@ -316,18 +339,21 @@ def _run_points(spec: str, workdir: str, points: list[dict[str, Any]], common: M
   return len(failed)
 
 
-def define_parallel_flag() -> flags.FlagHolder:
-  return flags.DEFINE_integer('parallel', 1, 'Runs at a time, each on its share of the CPU cores.')
+def define_run_flags() -> tuple[flags.FlagHolder, flags.FlagHolder]:
+  """--parallel and --wait, which sweep and search share."""
+  return (flags.DEFINE_integer('parallel', 1, 'Runs at a time, each on its share of the CPU cores.'),
+          flags.DEFINE_float('wait', DEFAULT_WAIT_S, 'Seconds to wait for a point that another process holds '
+                             "(a killed sweep's run still saving) before stopping with an error."))
 
 
 def define_command() -> Callable[[Any], None]:
   """`sweep`: every point of the config's sweep, then one table."""
-  parallel = define_parallel_flag()
+  parallel, wait = define_run_flags()
   metric = results.define_metric_flag('The summary metric to show and plot')
 
   def command(invocation: Any) -> None:
     workdir = invocation.workdir('sweep-')
     failed = run(invocation.config_spec, workdir, common=invocation.overrides, parallel=parallel.value,
-                 launcher=invocation.launcher, metric=metric.value)
+                 launcher=invocation.launcher, metric=metric.value, wait=wait.value)
     results.report(workdir, metric.value, failed, 'sweep point(s)')
   return command
