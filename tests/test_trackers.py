@@ -7,6 +7,7 @@ import os
 import signal
 import struct
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -31,7 +32,8 @@ def _config(tmp_path, **overrides):
 
 def _wandb_records(run_dir: str) -> list:
   """The protobuf records of an offline run's .wandb file: a LevelDB-style log of 32 KiB blocks after a
-  7-byte file header; each chunk has a 7-byte header (crc, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+  7-byte file header; each chunk has a 7-byte header (crc, length, type: 1 full, 2 first, 3 middle, 4 last).
+  A chunk whose crc32 (of its type byte, then its data) is wrong ends it: a killed run's torn tail."""
   from wandb.proto import wandb_internal_pb2
   (path,) = glob.glob(os.path.join(run_dir, 'run-*.wandb'))
   data = open(path, 'rb').read()
@@ -41,7 +43,9 @@ def _wandb_records(run_dir: str) -> list:
     if block - pos % block < 7:  # too little room left in the block for a header: padding
       pos += block - pos % block
       continue
-    _, length, kind = struct.unpack('<IHB', data[pos:pos + 7])
+    crc, length, kind = struct.unpack('<IHB', data[pos:pos + 7])
+    if zlib.crc32(data[pos + 7:pos + 7 + length], zlib.crc32(bytes([kind]))) != crc:
+      break
     pending += data[pos + 7:pos + 7 + length]
     pos += 7 + length
     if kind in (1, 4):
@@ -102,7 +106,7 @@ def test_both_trackers_get_config_metrics_pictures_summary_and_a_resume_continue
   assert json.loads(open(client.download_artifacts(run.info.run_id, 'report/summary.json', str(tmp_path))).read()) == summary
 
   # wandb: two offline parts of one run id; together every metric point, the config, the summary.
-  parts = sorted(glob.glob(str(workdir / 'wandb' / f'offline-run-*-{ids["wandb"]}')))
+  parts = sorted(glob.glob(str(workdir / 'wandb' / 'offline-run-*')))  # -1 ends a name begun in the same second
   assert len(parts) == 2
   records = [r for part in parts for r in _wandb_records(part)]
   assert _wandb_history(records) == pytest.approx(expected, rel=1e-12)
@@ -188,3 +192,111 @@ def test_tracker_settings_may_change_on_resume():
   saved['train']['num_steps'] += 1
   with pytest.raises(ConfigError, match='train.num_steps'):
     config_lib.check_same(saved, config, 'refused')
+
+
+# A run killed after its last checkpoint (step 10) had logged train at 15 and was evaluating at 15; the
+# resumed run logs train 15, test 15, train 20, test 20 again, with the same values (resume is exact).
+BEFORE_CRASH = [(5, 'train', 0.5), (10, 'train', 0.4), (10, 'test', 0.45), (15, 'train', 0.3)]
+AFTER_RESUME = [(15, 'train', 0.3), (15, 'test', 0.35), (20, 'train', 0.2), (20, 'test', 0.25)]
+
+
+def _log(group, points):
+  for step, split, loss in points:
+    group.metrics(step, split, {'loss': loss, 'per_replica': [loss, loss]})
+
+
+def test_a_resumed_mlflow_run_holds_each_step_once(tmp_path):
+  config = tiny_config('mlp', **{'logging.mlflow.enabled': True,
+                                 'logging.mlflow.tracking_uri': f'sqlite:///{tmp_path}/mlflow.db',
+                                 'logging.mlflow.artifact_location': str(tmp_path / 'artifacts')})
+  image = np.zeros((4, 4, 3), np.uint8)
+  first = trackers.start(config, str(tmp_path), is_process_0=True)
+  _log(first, BEFORE_CRASH)
+  first.showcase(10, {'grid': image})
+  first.showcase(15, {'grid': image})  # then killed: no close
+  resumed = trackers.start(config, str(tmp_path), is_process_0=True)
+  _log(resumed, AFTER_RESUME)
+  for step in (15, 20):
+    resumed.showcase(step, {'grid': image})
+  resumed.close('finished')
+
+  client = mlflow.MlflowClient(f'sqlite:///{tmp_path}/mlflow.db')
+  run_id = json.loads((tmp_path / trackers.IDS_FILE).read_text())['mlflow']
+  points = {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+            for key in client.get_run(run_id).data.metrics}
+  assert points == {'train/loss': [(5, 0.5), (10, 0.4), (15, 0.3), (20, 0.2)],
+                    'test/loss': [(10, 0.45), (15, 0.35), (20, 0.25)]}
+  pngs = sorted(os.path.basename(p).split('+timestamp')[0]
+                for p in glob.glob(str(tmp_path / 'artifacts' / '**' / 'images' / '*.png'), recursive=True))
+  assert pngs == ['samples~grid+step+10', 'samples~grid+step+15', 'samples~grid+step+20']
+
+
+def test_a_resumed_offline_wandb_run_holds_each_step_once(tmp_path, monkeypatch):
+  monkeypatch.setenv('WANDB_MODE', 'offline')
+  config = tiny_config('mlp', **{'logging.wandb.enabled': True})
+  image = np.zeros((4, 4, 3), np.uint8)
+  first = trackers.start(config, str(tmp_path), is_process_0=True)
+  _log(first, BEFORE_CRASH)
+  first.showcase(10, {'grid': image})
+  first.showcase(15, {'grid': image})
+  first.close('failed')  # a killed process's log ends where it stopped writing: a torn chunk at most
+  run_id = json.loads((tmp_path / trackers.IDS_FILE).read_text())['wandb']
+  (log,) = glob.glob(str(tmp_path / 'wandb' / 'offline-run-*' / f'run-{run_id}.wandb'))
+  with open(log, 'ab') as f:
+    f.write(b'\x12\x34\x56\x78\xff\x00\x01' + b'torn')
+  resumed = trackers.start(config, str(tmp_path), is_process_0=True)
+  _log(resumed, AFTER_RESUME)
+  for step in (15, 20):
+    resumed.showcase(step, {'grid': image})
+  resumed.close('finished')
+
+  parts = sorted(glob.glob(str(tmp_path / 'wandb' / 'offline-run-*')))
+  assert len(parts) == 2  # what `wandb sync` uploads; -1 ends the second's name if both began in one second
+  counts = {}
+  for part in parts:
+    for step, key in _wandb_history(_wandb_records(part)):
+      counts[step, key] = counts.get((step, key), 0) + 1
+  assert counts == {(5, 'train/loss'): 1, (10, 'train/loss'): 1, (10, 'test/loss'): 1, (15, 'train/loss'): 1,
+                    (15, 'test/loss'): 1, (20, 'train/loss'): 1, (20, 'test/loss'): 1,
+                    (10, 'samples/grid'): 1, (15, 'samples/grid'): 1, (20, 'samples/grid'): 1}
+
+
+def test_a_resumed_online_wandb_run_reads_the_steps_it_holds_from_its_summary(tmp_path, monkeypatch):
+  import wandb
+
+  class ResumedRun:  # what wandb.init returns for a run the server holds: its summary
+    offline = False
+    summary = {'step': 15, '_jaxlab/step/train': 15, '_jaxlab/step/test': 10}  # the hidden key of each split
+    rows = []
+
+    def define_metric(self, *args, **kwargs):
+      pass
+
+    def log(self, row):
+      self.rows.append(row)
+
+  monkeypatch.setattr(wandb, 'init', lambda **kwargs: ResumedRun())
+  run = trackers.WandbRun(tiny_config('mlp').logging.wandb, {}, str(tmp_path), 'abc')
+  for step, split, loss in AFTER_RESUME:
+    run.metrics(step, split, {'loss': loss})
+  assert [(row['step'], [k for k in row if '/loss' in k]) for row in ResumedRun.rows] == [
+      (15, ['test/loss']), (20, ['train/loss']), (20, ['test/loss'])]
+
+
+def test_an_mlflow_server_that_refuses_is_one_line_in_seconds(tmp_path, monkeypatch):
+  import socket
+  import time
+  with socket.socket() as s:  # a port nothing listens on
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  monkeypatch.setenv('MLFLOW_HTTP_REQUEST_TIMEOUT', '7')  # the user's: kept
+  monkeypatch.delenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', raising=False)
+  config = tiny_config('mlp', **{'logging.mlflow.enabled': True,
+                                 'logging.mlflow.tracking_uri': f'http://127.0.0.1:{port}'})
+  began = time.perf_counter()
+  with pytest.raises(ConfigError) as e:
+    trackers.start(config, str(tmp_path), is_process_0=True)
+  assert time.perf_counter() - began < 30  # MLflow's defaults: ~250 s
+  assert str(e.value) == (f'logging.mlflow: could not start the tracker run: no answer from http://127.0.0.1:{port} '
+                          '([Errno 111] Connection refused)')
+  assert os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'] == '7' and 'MLFLOW_HTTP_REQUEST_MAX_RETRIES' not in os.environ
