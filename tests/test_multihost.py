@@ -170,6 +170,24 @@ def test_checkpoint_of_two_processes_resumes_in_one_process(runs, tmp_path):
   _assert_close(_params(root / 'single', 20), _params(workdir, 20))
 
 
+def test_a_damaged_shard_of_one_process_makes_every_process_resume_from_the_older_step(runs, tmp_path):
+  """Process 1's files of step 20 truncated: the processes agree before restoring that step 10 is the newest
+  every one of them holds intact, so none waits at orbax's barrier for a restore that failed elsewhere."""
+  root, _, _ = runs
+  workdir = tmp_path / 'damaged'
+  shutil.copytree(root / 'multi', workdir)
+  shard = workdir / 'checkpoints' / '20' / 'state' / 'ocdbt.process_1'
+  damaged = [os.path.join(d, f) for d, _, files in os.walk(shard) for f in files]
+  assert damaged
+  for path in damaged:
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 2)
+  outputs = _two_processes(workdir, str(root / 'cache'), use_env=False, config=FSDP_MLP, devices_each=4)
+  assert 'Resuming from step 10' in outputs[0] and '(10 trained' in outputs[0]
+  assert 'checkpoint 20' in outputs[0] and 'moved it aside' in outputs[0]
+  _assert_close(_params(root / 'single', 20), _params(workdir, 20))
+
+
 FASHION_MLP = ['--config=configs/fashion_mnist/mlp.py', '--config.data.batch_size=40', '--config.data.validation_size=0',
                '--config.train.num_steps=20', '--config.train.checkpoint_every=10', '--config.train.eval_every=0',
                '--config.train.log_every=10']

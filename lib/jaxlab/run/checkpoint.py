@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -213,8 +214,12 @@ class Checkpointer:
     structure or a full device, is no proof of damage) and CorruptCheckpointError says so.
     """
     steps, failed = sorted(self.all_steps(), reverse=True), []
+    unreadable = self._unreadable_shards(steps) if jax.process_count() > 1 and steps else {}
     for step in steps:
       try:
+        if unreadable.get(step):
+          raise CorruptCheckpointError(f'checkpoint {step}: the shard of process(es) '
+                                       f'{", ".join(map(str, unreadable[step]))} does not read back')
         config, meta = self.read_meta(step)
         accept(step, config)
         state = self.restore(step, target, meta)
@@ -230,6 +235,40 @@ class Checkpointer:
       raise CorruptCheckpointError(
           f'none of the {len(steps)} checkpoint(s) in {self.directory} restores (newest: {failed[0]}); nothing was '
           'moved')
+    return None
+
+  def _unreadable_shards(self, steps: list[int]) -> dict[int, list[int]]:
+    """{step: the processes whose part of it does not read back}, the same on every process.
+
+    orbax's multi-process restore ends at a barrier: a process whose read failed never reaches it and
+    the others wait there for good. So before any restore, each process reads its own shard of every
+    step (and process 0 lists the merged index), and they all-gather what they found."""
+    from jax.experimental import multihost_utils
+    problems = [self._shard_problem(step) for step in steps]
+    for step, problem in zip(steps, problems):
+      if problem:
+        self._warn(f'process {jax.process_index()}: its shard of checkpoint {step} does not read back ({problem})')
+    readable = multihost_utils.process_allgather(np.array([p is None for p in problems], np.int32))
+    return {step: [int(i) for i in np.flatnonzero(readable[:, j] == 0)] for j, step in enumerate(steps)}
+
+  def _shard_problem(self, step: int) -> str | None:
+    """Why this process's OCDBT shard of `step` does not read back (every value read), else None."""
+    import tensorstore as ts
+    state = epath.Path(self.directory) / str(step) / 'state'
+    parts = [(state / f'ocdbt.process_{jax.process_index()}', True)] + ([(state, False)] if jax.process_index() == 0
+                                                                         else [])
+    try:
+      for path, read_values in parts:
+        if not path.exists():
+          continue  # saved by fewer processes: this one has no shard of its own to read
+        url = str(path) if '://' in str(path) else f'file://{path}'
+        store = ts.KvStore.open({'driver': 'ocdbt', 'base': f'{url}/'}).result()
+        keys = store.list().result()
+        if read_values:
+          for read in [store.read(key) for key in keys]:
+            read.result()
+    except Exception as e:  # noqa: BLE001 - tensorstore reports damage as ValueError, OSError and more
+      return _first_line(e)
     return None
 
   def close(self) -> None:
