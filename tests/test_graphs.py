@@ -1,6 +1,5 @@
 """Graph networks: the Planetoid reader (safe unpickling, same graph as LINQS), GCN/GAT maths, node classification runs."""
 
-import json
 import os
 import pickle
 import shutil

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import struct
-import sys
 import zlib
 
 import numpy as np

@@ -283,7 +283,8 @@ def run(spec: str, workdir: str, *, trials: int, common: Mapping[str, Any] = {},
           study.tell(r.trial, state=state.PRUNED)
       if isinstance(e, sweep_lib.PointHeld):
         raise
-      raise JaxlabError(f'search stopped with {len(running)} trial(s) running; run the same command to continue') from None
+      raise JaxlabError(f'search stopped with {len(running)} trial(s) running; run the same command to '
+                        'continue') from None
     finally:
       signal.signal(signal.SIGTERM, previous)
     write_manifest(workdir, spec, common, study)
