@@ -207,37 +207,6 @@ def test_two_processes_share_the_grain_pipeline_and_prepare_tfds_once(tmp_path):
   _assert_close(_params(tmp_path / 'single', 20), _params(tmp_path / 'multi', 20), atol=1e-4)
 
 
-GRAPH = ['--config=configs/cora/gcn.py', '--config.train.num_steps=20', '--config.train.eval_every=10',
-         '--config.train.checkpoint_every=10']
-TEXT = ['--config=configs/shakespeare_char/gpt.py', '--config.model.num_layers=1', '--config.model.num_heads=2',
-        '--config.model.width=16', '--config.data.block_size=16', '--config.data.batch_size=8',
-        '--config.data.eval_windows=40', '--config.data.eval_batch_size=20', '--config.train.num_steps=20',
-        '--config.train.eval_every=10', '--config.train.checkpoint_every=10', '--config.sample.num_tokens=24']
-ADVERSARIAL_EVAL = [*TINY, '--config.eval.attack_eps=(0.2,)', '--config.eval.pgd_steps=3']
-
-
-@pytest.mark.parametrize('family', [
-    pytest.param('graph', marks=needs_data('cora')), 'text', 'adversarial_eval'])
-def test_graph_text_and_attacked_evaluation_in_two_processes_match_one_process(family, tmp_path):
-  """Full-batch graphs (every process holds the graph), text windows and PGD inside evaluation: 2 processes x 2
-  devices report the metrics of 1 process x 4 devices."""
-  import json
-
-  from conftest import write_corpus
-  config = {'graph': GRAPH, 'text': [*TEXT, f'--config.data.path={write_corpus(tmp_path / "corpus.txt")}'],
-            'adversarial_eval': ADVERSARIAL_EVAL}[family]
-  env = {'JAXLAB_DATA_DIR': DATA_DIR} if DATA_DIR else {}
-  cache = str(tmp_path / 'cache')
-  outputs = _two_processes(tmp_path / 'multi', cache, False, config, **env)
-  assert 'on 4 cpu device(s)' in outputs[0] and 'Finished step 20/20' in outputs[0]
-  _one_process(tmp_path / 'single', cache, config, **env)
-  multi, single = (json.loads((tmp_path / run / 'summary.json').read_text()) for run in ('multi', 'single'))
-  metrics = [k for k in single if k.startswith(('test_', 'validation_')) and isinstance(single[k], float)]
-  assert len(metrics) >= 2 and (family != 'adversarial_eval' or 'test_pgd_eps0.2_accuracy' in metrics), metrics
-  for key in metrics:
-    assert multi[key] == pytest.approx(single[key], rel=1e-4, abs=1e-6), key
-
-
 def test_env_vars_configure_the_job(tmp_path):
   outputs = _two_processes(tmp_path / 'env', str(tmp_path / 'cache'), use_env=True)
   assert 'on 4 cpu device(s)' in outputs[0]
