@@ -61,11 +61,16 @@ def _restore_state(workdir: str, task: Any, example: Any, which: str) -> tuple[i
   return found[0], found[1]
 
 
-def _saved_config(workdir: str, which: str = 'newest') -> ml_collections.ConfigDict:
-  """The run's config, refused unless its checkpoints were saved by it (nothing it names is imported before)."""
+def _read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config.json, as read: nothing it names is imported yet."""
   if not (epath.Path(workdir) / config_lib.CONFIG_FILE).exists():
     raise ConfigError(f'{workdir} holds no run (no {config_lib.CONFIG_FILE})')
-  config = config_lib.read_run(workdir)
+  return config_lib.read_run(workdir)
+
+
+def _saved_config(workdir: str, which: str = 'newest') -> ml_collections.ConfigDict:
+  """The run's config, refused unless its checkpoints were saved by it (nothing it names is imported before)."""
+  config = _read_config(workdir)
   directory = epath.Path(workdir) / program.CHECKPOINT_DIRS[which]
   if directory.exists():
     ckpt = checkpoint.Checkpointer(str(directory), keep=1_000_000)
@@ -77,8 +82,9 @@ def _saved_config(workdir: str, which: str = 'newest') -> ml_collections.ConfigD
 
 
 def is_text_run(workdir: str) -> bool:
-  """Whether `workdir` holds a run on text, whose samples are texts, not images."""
-  return _saved_config(workdir).data.name == 'text'
+  """Whether `workdir` holds a run on text, whose samples are texts, not images (deciding imports nothing, so
+  the checkpoint's config is checked later, once, by the path that builds the model)."""
+  return _read_config(workdir).data.name == 'text'
 
 
 def images_from_workdir(workdir: str, num: int, seed: int, which: str = 'newest') -> tuple[int, str]:
