@@ -211,7 +211,8 @@ def defaults() -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.num_replicas = 1  # >1: seeds seed, seed+1, ... trained together by one vmapped step (replicas.py)
+  c.num_replicas = 1  # >1: seeds seed, seed+1, ... trained together by one jitted step (replicas.py)
+  c.replica_group = 0  # replicas vmapped together, the groups one after another; 0: all (replicas.py)
   c.task = 'classification'
   c.data = ml_collections.ConfigDict(dict(
       name='mnist1d', num_samples=5000, train_split=0.8,  # mnist1d's defaults: 4000 train / 1000 test

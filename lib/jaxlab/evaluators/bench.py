@@ -1,7 +1,8 @@
-"""`launch.py bench`: the framework's training loop against a minimal hand-written jit loop.
+"""`launch.py bench`: the framework's training loop against a minimal hand-written jit loop, another
+config, replicas, or an independent plain-JAX implementation of the same family (`--bench_against=reference`).
 
-Both train the same model with the same optimizer, batch size and data, in one process,
-alternating repeats so machine noise hits both alike. Reported: median steps/s and the ratio.
+Both sides train with the same optimizer, batch size and data, in one process, alternating repeats
+so machine noise hits both alike. Reported: median steps/s and the ratio.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from flax.core import meta
 
 from jaxlab import config as config_lib
 from jaxlab import data, models, optim
-from jaxlab.errors import ConfigError
-from jaxlab.run import program, train
+from jaxlab.errors import ConfigError, JaxlabError
+from jaxlab.evaluators import references
+from jaxlab.run import checkpoint, program, train
+from jaxlab.run import steps as run_steps
 
 WARMUP_STEPS = 50
 HAND_LOOP_TASKS = ('classification', 'language_model')
@@ -35,20 +38,37 @@ def _training_only(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return config
 
 
-def framework_steps_per_sec(config: ml_collections.ConfigDict, steps: int) -> float:
-  """Steps/s of train.train() from the first call to end at or after step WARMUP_STEPS to the first at or
-  after WARMUP_STEPS + steps (calls run up to train.steps_per_call steps), before the last, which evaluates."""
+class _Timed(Exception):
+  """Ends a timed run once both marks are taken: the rest of it (the final evaluation) is not what is measured."""
+
+
+def _timed_config(config: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
+  """What framework_steps_per_sec trains: WARMUP_STEPS, `steps` timed, and calls after them that are not."""
   config = _training_only(config)
-  config.train.num_steps = WARMUP_STEPS + steps + config.train.steps_per_call
+  config.train.num_steps = WARMUP_STEPS + steps + 2 * config.train.steps_per_call
+  return config
+
+
+def framework_steps_per_sec(config: ml_collections.ConfigDict, steps: int,
+                            built: program.Program | None = None) -> float:
+  """Steps/s of train.train() from the first call to end at or after step WARMUP_STEPS to the first at or
+  after WARMUP_STEPS + steps (calls run up to train.steps_per_call steps); the run ends there.
+  `built`: program.build(_timed_config(config, steps))'s, reused (nothing traced or compiled again)."""
+  config = _timed_config(config, steps)
   marks = {}
 
   def clock(step, state):
     if (not marks and step >= WARMUP_STEPS) or (len(marks) == 1 and step >= WARMUP_STEPS + steps):
       jax.block_until_ready(state)
       marks[step] = time.perf_counter()
+      if len(marks) == 2:
+        raise _Timed
 
   with tempfile.TemporaryDirectory() as workdir:
-    train.train(config, workdir, hooks=[clock])
+    try:
+      train.train(config, workdir, hooks=[clock], program=built)
+    except _Timed:
+      pass
   (first, began), (last, ended) = marks.items()
   return (last - first) / (ended - began)
 
@@ -150,6 +170,78 @@ def run_against(config: ml_collections.ConfigDict, overrides: list[str], steps: 
   return result
 
 
+def reference_steps_per_sec(case: references.Case, steps: int) -> float:
+  """Steps/s of the reference's step fed the config's batches, after WARMUP_STEPS untimed."""
+  carry, batches = case.init(), case.batches()
+  for i in range(WARMUP_STEPS + steps):
+    if i == WARMUP_STEPS:
+      jax.block_until_ready(carry)
+      start = time.perf_counter()
+    carry = case.step(carry, next(batches))
+  jax.block_until_ready(carry)
+  return steps / (time.perf_counter() - start)
+
+
+def matmul_flops_per_sec(n: int = 1024, repeats: int = 20) -> float:
+  """This device's float32 matmul rate: the median time of an (n, n) @ (n, n) jnp.dot."""
+  a = jax.numpy.ones((n, n), jax.numpy.float32)
+  dot = jax.jit(jax.numpy.dot)
+  dot(a, a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    began = time.perf_counter()
+    dot(a, a).block_until_ready()
+    times.append(time.perf_counter() - began)
+  return 2 * n ** 3 / statistics.median(times)
+
+
+def _flops(lowered: Any) -> float:
+  """FLOPs of a lowered program by XLA's cost analysis of its HLO (no compilation)."""
+  cost = lowered.cost_analysis()
+  return float((cost[0] if isinstance(cost, list) else cost).get('flops', 0.0))
+
+
+def check_same_loss(case: references.Case, family: str) -> None:
+  """Refuses a reference that does not compute jaxlab's loss from the same parameters."""
+  gap = abs(case.jaxlab_loss - case.reference_loss)
+  print(f'equal-loss check ({family}): jaxlab {case.jaxlab_loss:.7g}, reference {case.reference_loss:.7g} from the '
+        f'same parameters on one batch, |diff| {gap:.2e}', flush=True)
+  if not gap <= case.tolerance * max(1.0, abs(case.jaxlab_loss)):
+    raise JaxlabError(f'bench: the {family} reference computes loss {case.reference_loss:.7g} where jaxlab computes '
+                      f'{case.jaxlab_loss:.7g} from the same parameters; the comparison would time different functions')
+
+
+def run_reference(config: ml_collections.ConfigDict, steps: int = 2000, repeats: int = 5) -> dict[str, float]:
+  """jaxlab's training loop against the family's independent reference (jaxlab.evaluators.references):
+  median steps/s of each, the time ratio, and each step's XLA FLOPs per second against the matmul rate."""
+  _check_counts(bench_steps=steps, bench_repeats=repeats)
+  family = references.family(config)
+  built = program.build(_timed_config(config, steps))  # one program for the check, the FLOP count and every repeat
+  case = references.case(_timed_config(config, steps), built)
+  check_same_loss(case, family)
+  state = checkpoint.abstract_with_shardings(built.abstract, built.state_sharding)
+  batch = next(run_steps.device_batches(built, 0, config.train))
+  flops = {'jaxlab': _flops(built.train_step.lower(state, jax.eval_shape(built.zero_totals), batch, None, 1)),
+           'reference': _flops(case.step.lower(case.init(), next(case.batches())))}
+  peak = matmul_flops_per_sec()
+  print(f'bench: {family} (model {config.model.name}), {jax.device_count()} {jax.devices()[0].platform} device(s); '
+        f'float32 matmul rate (1024^3 jnp.dot) {peak / 1e9:.1f} GFLOP/s; {repeats} repeats of {steps} steps',
+        flush=True)
+  rates = dict(zip(('jaxlab', 'reference'), _alternating(repeats, {
+      'jaxlab': lambda: framework_steps_per_sec(config, steps, built),
+      'reference': lambda: reference_steps_per_sec(case, steps)})))
+  result = {'family': family, 'matmul_gflops_per_sec': peak / 1e9}
+  for name, rate in rates.items():
+    achieved = flops[name] * rate
+    result.update({f'{name}_ms_per_step': 1e3 / rate, f'{name}_gflop_per_step': flops[name] / 1e9,
+                   f'{name}_gflops_per_sec': achieved / 1e9, f'{name}_fraction_of_matmul': achieved / peak})
+    print(f'  {name:9s} {1e3 / rate:8.3f} ms/step | {flops[name] / 1e9:.4g} GFLOP/step (XLA count) | '
+          f'{achieved / 1e9:.3g} GFLOP/s = {100 * achieved / peak:.1f} % of the matmul rate', flush=True)
+  result['time_ratio'] = rates['reference'] / rates['jaxlab']
+  print(f'median: jaxlab time / reference time = {result["time_ratio"]:.3f}', flush=True)
+  return result
+
+
 def _timed_train(config: ml_collections.ConfigDict) -> float:
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
@@ -188,11 +280,13 @@ def define_command() -> Callable[[Any], None]:
   repeats = flags.DEFINE_integer('bench_repeats', 5, 'Repeats (the median is reported).')
   replicas = flags.DEFINE_integer(
       'bench_replicas', 0, '>0: times that many seeds as one vmapped run against as many separate runs.')
-  against = flags.DEFINE_list('bench_against', [], 'key=value overrides: times the config with them against the '
-                                                   'config without.')
+  against = flags.DEFINE_list('bench_against', [], "'reference': times the loop against the family's independent "
+                              'plain-JAX implementation; key=value overrides: the config with them against without.')
 
   def command(invocation: Any) -> None:
-    if against.value:
+    if against.value == ['reference']:
+      run_reference(invocation.config, steps=steps.value, repeats=repeats.value)
+    elif against.value:
       run_against(invocation.config, against.value, steps=steps.value, repeats=repeats.value)
     elif replicas.value:
       run_replicas(invocation.config, replicas.value, repeats=repeats.value)

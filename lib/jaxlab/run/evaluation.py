@@ -19,6 +19,7 @@ from jaxlab.tasks.state import TrainState
 def report(metrics: dict[str, Any], per_replica: bool) -> dict[str, Any]:
   """Scalars as floats; per-replica values as their mean plus the list under '<name>_replicas'.
 
+  The mean is over the replicas that report a number: a stopped replica's training metrics are NaN.
   Array-valued metrics (a confusion matrix) are not scalars to log and are left out.
   """
   out = {}
@@ -26,7 +27,8 @@ def report(metrics: dict[str, Any], per_replica: bool) -> dict[str, Any]:
     value = np.asarray(value, np.float64)
     if value.ndim > per_replica:
       continue
-    out[name] = float(value.mean())
+    reported = value[~np.isnan(value)] if per_replica else value
+    out[name] = float(reported.mean()) if reported.size else float('nan')
     if per_replica:
       out[f'{name}_replicas'] = value.tolist()
   return out

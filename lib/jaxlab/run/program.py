@@ -37,6 +37,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ('batch_size', 'eval_batch_size'):
     config_lib.require(config.data[key] > 0, f'data.{key} must be positive, got {config.data[key]}')
   config_lib.require(config.num_replicas >= 1, f'num_replicas must be >= 1, got {config.num_replicas}')
+  config_lib.require(config.replica_group >= 0, f'replica_group must be >= 0 (0: all replicas vmapped together), '
+                                                f'got {config.replica_group}')
   config_lib.require(0 <= config.seed and config.seed + config.num_replicas - 1 <= MAX_SEED,
                      f'seed must be in [0, {MAX_SEED - config.num_replicas + 1}], got {config.seed}')
   init_from_run.validate(config.init)
@@ -168,7 +170,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Prog
   rng = jax.random.PRNGKey(config.seed)
   per_replica = config.num_replicas > 1
   if per_replica:
-    task = replicas.ReplicatedTask(task, config.num_replicas, full_batch)
+    task = replicas.ReplicatedTask(task, config.num_replicas, full_batch, config.replica_group)
     rng = replicas.init_keys(config.seed, config.num_replicas)
     train_batch_sharding = batch_sharding if full_batch else parallel.replica_batch_sharding(mesh)
     specs = sharding.with_leading_axis(specs)
@@ -182,7 +184,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Prog
   totals_sharding = parallel.tree_shardings(steps.zero_totals(abstract_metrics), replicated)
   batches_per_call = 1 if full_batch else config.train.steps_per_call
   call_batch_sharding = parallel.stacked(train_batch_sharding) if batches_per_call > 1 else train_batch_sharding
-  train_step = steps.multi_step(steps.freezing(steps.accumulating(task.train_step)), config.train.steps_per_call,
+  train_step = steps.multi_step(steps.accumulating(task.train_step), config.train.steps_per_call,
                                 batches_per_call > 1)
   return Program(
       config_json=config.to_json(), data_facts=_data_facts(source), source=run_source, task=task, mesh=mesh,

@@ -1,4 +1,4 @@
-"""The training step as the loop calls it: metrics summed on the devices, frozen replicas, several steps per
+"""The training step as the loop calls it: metrics summed on the devices, stopped replicas, several steps per
 call, and the batches each call takes."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import ml_collections
 import numpy as np
 
 from jaxlab import parallel
-from jaxlab.run import early_stopping
 from jaxlab.tasks.state import TrainState
 
 if TYPE_CHECKING:
@@ -30,24 +29,18 @@ def zero_totals(metrics: Any) -> dict[str, Any]:
 
 
 def accumulating(train_step: Callable) -> Callable:
-  """Wraps a task's step to sum its metrics on the device and note the first non-finite loss.
+  """Wraps a task's step to sum its metrics on the device and note the first non-finite loss; adds `active`
+  (one bool per replica, or None: all), which a replicated task's step takes (replicas.ReplicatedTask).
 
   One small fetch per log line instead of one per step and metric (~13 µs/step saved on CPU).
   """
-  def step(state: TrainState, totals: dict[str, Any], batch: Any):
-    new_state, metrics = train_step(state, batch)
-    keep = (totals['first_nonfinite'] >= 0) | jnp.all(jnp.isfinite(metrics['loss']))
+  def step(state: TrainState, totals: dict[str, Any], batch: Any, active: jax.Array | None):
+    new_state, metrics = train_step(state, batch) if active is None else train_step(state, batch, active)
+    loss = metrics['loss'] if active is None else jnp.where(active, metrics['loss'], 0.0)  # a stopped replica's: NaN
+    keep = (totals['first_nonfinite'] >= 0) | jnp.all(jnp.isfinite(loss))
     return new_state, {'sums': jax.tree.map(jnp.add, totals['sums'], metrics), 'count': totals['count'] + 1,
                        'first_nonfinite': jnp.where(keep, totals['first_nonfinite'], jnp.ravel(new_state.step)[0]),
-                       'nonfinite_loss': jnp.where(keep, totals['nonfinite_loss'], jnp.sum(metrics['loss']))}
-  return step
-
-
-def freezing(train_step: Callable) -> Callable:
-  """Adds `active` (one bool per replica, or None: all): a replica whose early stopping has ended keeps its state."""
-  def step(state: TrainState, totals: dict[str, Any], batch: Any, active: jax.Array | None):
-    new_state, totals = train_step(state, totals, batch)
-    return (new_state if active is None else early_stopping.select(active, new_state, state)), totals
+                       'nonfinite_loss': jnp.where(keep, totals['nonfinite_loss'], jnp.sum(loss))}
   return step
 
 
