@@ -111,9 +111,13 @@ class _Counting:
     jax.debug.callback(self.count)
     return state + batch, {'loss': state.sum()}
 
+  def eval_step(self, state, batch):
+    jax.debug.callback(self.count)
+    return {'loss': state.sum(), 'count': jax.numpy.ones((), jax.numpy.int32)}
+
 
 @pytest.mark.parametrize('group', [0, 1, 2])
-def test_a_stopped_replica_keeps_its_state_reports_nan_and_alone_is_not_computed(group):
+def test_a_stopped_replica_keeps_its_state_reports_nan_and_alone_is_not_computed_or_evaluated(group):
   from jaxlab.run import replicas
   base = _Counting()
   task = replicas.ReplicatedTask(base, num_replicas=3, shared_batches=True, group=group)
@@ -124,3 +128,9 @@ def test_a_stopped_replica_keeps_its_state_reports_nan_and_alone_is_not_computed
   assert metrics['loss'][0] == 1.0 and np.isnan(metrics['loss'][1]) and metrics['loss'][2] == 3.0
   if group == 1:  # one replica at a time: lax.cond runs the step of the two active ones only
     assert base.computed == 2
+  sums = jax.jit(task.eval_step)(new, {'mask': np.ones(1)}, np.array([True, False, True]))
+  jax.effects_barrier()
+  assert sums['loss'][0] == 2.0 and np.isnan(sums['loss'][1]) and sums['loss'][2] == 4.0
+  np.testing.assert_array_equal(sums['count'], [1, 0, 1])
+  if group == 1:
+    assert base.computed == 4

@@ -41,7 +41,8 @@ def summarize(sums: Mapping[str, Any]) -> dict[str, np.ndarray]:
   Leading axes (one per vmapped replica) are kept; for one run every value is a 0-d array.
   """
   count = np.asarray(sums['count'], np.float64)
-  means = {k: np.asarray(v, np.float64) / count for k, v in sums.items() if k not in ('count', 'confusion')}
+  with np.errstate(invalid='ignore', divide='ignore'):  # a replica not evaluated (stopped) counts 0: NaN
+    means = {k: np.asarray(v, np.float64) / count for k, v in sums.items() if k not in ('count', 'confusion')}
   if 'confusion' in sums:
     means.update(macro_rates(sums['confusion']))
   return means

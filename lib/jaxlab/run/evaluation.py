@@ -35,18 +35,19 @@ def report(metrics: dict[str, Any], per_replica: bool) -> dict[str, Any]:
 
 
 def evaluator(program: Program, eval_sums: dict[str, Any], max_batches: int = 0,
-              stoppable: bool = False) -> Callable[[TrainState], dict[str, dict[str, float]]]:
-  """evaluate(state) -> {split: metrics} over the first `max_batches` batches of each split (0: all);
-  each split's raw sums are kept in `eval_sums` for the final report. `stoppable`: a reader's evaluation,
-  which a signal stops after the batch under way (see jaxlab.run.stop)."""
+              stoppable: bool = False) -> Callable[..., dict[str, dict[str, float]]]:
+  """evaluate(state, active=None) -> {split: metrics} over the first `max_batches` batches of each split (0: all);
+  each split's raw sums are kept in `eval_sums` for the final report. `active`: the replicas to evaluate (the
+  others report NaN; None: all). `stoppable`: a reader's evaluation, which a signal stops after the batch under
+  way (see jaxlab.run.stop)."""
   one_in_flight = steps.one_step_in_flight() or stoppable
 
-  def evaluate(state: TrainState) -> dict[str, dict[str, float]]:
+  def evaluate(state: TrainState, active: jax.Array | None = None) -> dict[str, dict[str, float]]:
     results = {}
     for split in program.source.eval_splits:
       sums, (eval_step, sharding) = None, program.eval_step_for(split)
       for batch in itertools.islice(program.source.eval_batches(split), max_batches or None):
-        out = eval_step(state, parallel.to_global(batch, sharding))
+        out = eval_step(state, parallel.to_global(batch, sharding), active)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         if one_in_flight:
           jax.block_until_ready(sums)
@@ -58,15 +59,16 @@ def evaluator(program: Program, eval_sums: dict[str, Any], max_batches: int = 0,
   return evaluate
 
 
-def compile_evaluation(program: Program, states: Any) -> None:
-  """Compiles the evaluation step for the first batch of each split (all of a split's batches have its shape)."""
+def compile_evaluation(program: Program, states: Any, active: Any = None) -> None:
+  """Compiles the evaluation step for the first batch of each split (all of a split's batches have its shape);
+  `active`: the shape of the replicas' flags the loop passes (None: none)."""
   for split in program.source.eval_splits:
     if split in getattr(program.source, 'per_replica_splits', ()):
       continue  # its first batch needs every replica's whole split read
     eval_step, sharding = program.eval_step_for(split)
     batch = next(iter(program.source.eval_batches(split)), None)
     if batch is not None:
-      compile_ahead.compile_for(eval_step, states, compile_ahead.abstract(parallel.to_global(batch, sharding)))
+      compile_ahead.compile_for(eval_step, states, compile_ahead.abstract(parallel.to_global(batch, sharding)), active)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,

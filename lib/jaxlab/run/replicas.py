@@ -119,6 +119,18 @@ class ReplicatedSource:
       yield {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
+def _if_active(fn: Callable[..., Any], active: jax.Array | None, state: TrainState, batch: Batch,
+               keep: Any = None) -> Any:
+  """fn(state, batch) where `active` (None: always); else NaN metrics, and `keep` in front of them if given
+  (a step's state). Alone (lax.map) an inactive replica computes nothing; vmapped, both branches run."""
+  if active is None:
+    return fn(state, batch)
+  shapes = jax.eval_shape(fn, state, batch)
+  nan = lambda m: jnp.full(m.shape, jnp.nan if jnp.issubdtype(m.dtype, jnp.floating) else 0, m.dtype)
+  skipped = (keep, jax.tree.map(nan, shapes[1])) if keep is not None else jax.tree.map(nan, shapes)
+  return jax.lax.cond(active, lambda: fn(state, batch), lambda: skipped)
+
+
 @dataclasses.dataclass(frozen=True)
 class ReplicatedTask:
   """A task whose state has a leading replica axis; every function is the base one over the replicas (`_each`)."""
@@ -150,18 +162,14 @@ class ReplicatedTask:
                  active: jax.Array | None = None) -> tuple[TrainState, Metrics]:
     """One step of every replica; `active` (one bool each, None: all): a replica that is not keeps its
     state and reports NaN metrics."""
-    def one(s: TrainState, b: Batch, on: jax.Array | None) -> tuple[TrainState, Metrics]:
-      if on is None:
-        return self.base.train_step(s, b)
-      shapes = jax.eval_shape(self.base.train_step, s, b)[1]
-      skipped = jax.tree.map(lambda m: jnp.full(m.shape, jnp.nan, m.dtype), shapes)
-      return jax.lax.cond(on, lambda: self.base.train_step(s, b), lambda: (s, skipped))
+    return self._each(lambda s, b, on: _if_active(self.base.train_step, on, s, b, keep=s), state, batch, active,
+                      self.shared_batches)
 
-    return self._each(one, state, batch, active, self.shared_batches)
-
-  def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
-    """A batch with a replica axis (ReplicatedSource.per_replica_splits) gives each replica its own rows."""
-    return self._each(lambda s, b, _: self.base.eval_step(s, b), state, batch, None, np.ndim(batch['mask']) < 2)
+  def eval_step(self, state: TrainState, batch: Batch, active: jax.Array | None = None) -> Metrics:
+    """A batch with a replica axis (ReplicatedSource.per_replica_splits) gives each replica its own rows;
+    a replica that is not `active` reports NaN sums."""
+    return self._each(lambda s, b, on: _if_active(self.base.eval_step, on, s, b), state, batch, active,
+                      np.ndim(batch['mask']) < 2)
 
   def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The base task's rule; it works elementwise, so the replica axis is kept."""

@@ -111,11 +111,12 @@ class _Run:
         program.train_step, states, totals, compile_ahead.abstract(first_batch), active, compile_ahead.PYTHON_INT))
     self.ahead.submit('save', lambda: (compile_ahead.compile_for(steps.all_finite, states.params),
                                        checkpoint.compile_checksums(states)))
-    self.ahead.submit('evaluate', lambda: evaluation.compile_evaluation(program, states))
+    self.ahead.submit('evaluate', lambda: evaluation.compile_evaluation(program, states, active))
 
-  def evaluate(self, state: TrainState) -> dict[str, dict[str, float]]:
+  def evaluate(self, state: TrainState, active: jax.Array | None = None) -> dict[str, dict[str, float]]:
+    """Every split's metrics; `active`: the replicas still training (the others report NaN), None: all."""
     self.ahead.wait('evaluate')  # its programs compiled ahead are used, not compiled again
-    return self._evaluate(state)
+    return self._evaluate(state, active)
 
   def _active(self) -> jax.Array | None:
     """Which replicas still train (early stopping per replica); None: all."""
@@ -167,7 +168,7 @@ class _Run:
 
   def _evaluate_and_log(self, last: bool) -> tuple[dict[str, dict[str, float]], bool]:
     began = time.perf_counter()
-    results = self.evaluate(self.state)
+    results = self.evaluate(self.state, self.active)
     t = self.config.train
     # Evaluations more frequent than log lines (every epoch of a graph) are printed with the log lines only.
     show = last or t.eval_every >= t.log_every or steps.due(self.step, t.log_every)
