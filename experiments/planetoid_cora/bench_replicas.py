@@ -61,9 +61,9 @@ def main():
                                                        result['separate_test_accuracy']))
   result.update(same_best_epoch=same_epoch, same_test_accuracy=same_accuracy,
                 speedup=result['separate_seconds'] / result['together_seconds'])
-  print(f'one program {result["together_seconds"]:.1f} s | {args.seeds} separate runs {result["separate_seconds"]:.1f} s '
-        f'| separate / together = {result["speedup"]:.2f} | same best epoch {same_epoch}/{args.seeds}, same test '
-        f'accuracy {same_accuracy}/{args.seeds}', flush=True)
+  print(f'one program {result["together_seconds"]:.1f} s | {args.seeds} separate runs '
+        f'{result["separate_seconds"]:.1f} s | separate / together = {result["speedup"]:.2f} | same best epoch '
+        f'{same_epoch}/{args.seeds}, same test accuracy {same_accuracy}/{args.seeds}', flush=True)
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(result, f, indent=1)

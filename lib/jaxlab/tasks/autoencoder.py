@@ -33,7 +33,9 @@ LOG_2PI = math.log(2 * math.pi)
 def reconstruction_loss(outputs: jax.Array, targets: jax.Array, loss: str) -> jax.Array:
   """Per image: -log Bernoulli(targets | sigmoid(outputs)) in nats, or the summed squared error."""
   if loss == 'bernoulli':
-    per_pixel = optax.sigmoid_binary_cross_entropy(outputs, targets)
+    # -t log sigmoid(l) - (1 - t) log sigmoid(-l) = softplus(l) - t l: one softplus per pixel where optax's
+    # sigmoid_binary_cross_entropy evaluates two log-sigmoids.
+    per_pixel = jax.nn.softplus(outputs) - targets * outputs
   else:
     per_pixel = jnp.square(outputs - targets)
   return per_pixel.reshape(per_pixel.shape[0], -1).sum(-1)
