@@ -275,7 +275,7 @@ def test_a_run_whose_evaluation_fails_keeps_the_steps_it_trained(tmp_path, monke
   config = tiny_config(**{'train.num_steps': 8, 'train.eval_every': 4, 'train.checkpoint_every': 0})
   workdir = str(tmp_path / 'run')
 
-  def broken(self, state):
+  def broken(self, state, active=None):
     raise RuntimeError('evaluation failed')
   with monkeypatch.context() as patch:
     patch.setattr(train._Run, 'evaluate', broken)

@@ -186,8 +186,11 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Prog
   call_batch_sharding = parallel.stacked(train_batch_sharding) if batches_per_call > 1 else train_batch_sharding
   train_step = steps.multi_step(steps.accumulating(task.train_step), config.train.steps_per_call,
                                 batches_per_call > 1)
-  # (state, batch, active): replicas that are not active (early stopping ended) are not evaluated.
-  evaluate = task.eval_step if per_replica else lambda state, batch, active: task.eval_step(state, batch)
+
+  def eval_step(state: TrainState, batch: Any, active: jax.Array | None) -> Any:
+    """Replicas that are not `active` (their early stopping ended) are not evaluated; None: all are."""
+    return task.eval_step(state, batch) if active is None else task.eval_step(state, batch, active)
+
   return Program(
       config_json=config.to_json(), data_facts=_data_facts(source), source=run_source, task=task, mesh=mesh,
       per_replica=per_replica, rng=rng, example=example, abstract=abstract,
@@ -198,8 +201,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Prog
       train_step=jax.jit(train_step, in_shardings=(state_sharding, totals_sharding, call_batch_sharding, replicated,
                                                    replicated),
                          out_shardings=(state_sharding, totals_sharding), donate_argnums=(0, 1)),
-      eval_step=jax.jit(evaluate, in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=replicated),
-      stacked_eval_step=jax.jit(evaluate, in_shardings=(state_sharding, train_batch_sharding, replicated),
+      eval_step=jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=replicated),
+      stacked_eval_step=jax.jit(eval_step, in_shardings=(state_sharding, train_batch_sharding, replicated),
                                 out_shardings=replicated),
       flops_per_step=flops_per_step, peak_flops=_peak_flops(config))
 
