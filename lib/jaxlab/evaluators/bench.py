@@ -23,8 +23,7 @@ from jaxlab import config as config_lib
 from jaxlab import data, models, optim
 from jaxlab.errors import ConfigError, JaxlabError
 from jaxlab.evaluators import references
-from jaxlab.run import checkpoint, program, train
-from jaxlab.run import steps as run_steps
+from jaxlab.run import program, train
 
 WARMUP_STEPS = 50
 HAND_LOOP_TASKS = ('classification', 'language_model')
@@ -216,12 +215,11 @@ def run_reference(config: ml_collections.ConfigDict, steps: int = 2000, repeats:
   median steps/s of each, the time ratio, and each step's XLA FLOPs per second against the matmul rate."""
   _check_counts(bench_steps=steps, bench_repeats=repeats)
   family = references.family(config)
-  built = program.build(_timed_config(config, steps))  # one program for the check, the FLOP count and every repeat
-  case = references.case(_timed_config(config, steps), built)
+  timed = _timed_config(config, steps)
+  built = program.build(timed)  # one program for the check, the FLOP count and every repeat
+  case = references.case(timed, built)
   check_same_loss(case, family)
-  state = checkpoint.abstract_with_shardings(built.abstract, built.state_sharding)
-  batch = next(run_steps.device_batches(built, 0, config.train))
-  flops = {'jaxlab': _flops(built.train_step.lower(state, jax.eval_shape(built.zero_totals), batch, None, 1)),
+  flops = {'jaxlab': _flops(program.lowered_train_step(built, timed)),
            'reference': _flops(case.step.lower(case.init(), next(case.batches())))}
   peak = matmul_flops_per_sec()
   print(f'bench: {family} (model {config.model.name}), {jax.device_count()} {jax.devices()[0].platform} device(s); '

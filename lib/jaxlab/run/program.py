@@ -207,13 +207,17 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Prog
       flops_per_step=flops_per_step, peak_flops=_peak_flops(config))
 
 
-def compiled_memory(config: ml_collections.ConfigDict) -> Any:
-  """XLA's memory analysis of the compiled training step (per device): arguments, outputs, temporaries."""
-  program = build(config)
+def lowered_train_step(program: Program, config: ml_collections.ConfigDict) -> Any:
+  """`program`'s training step (built for `config`) lowered for one step per call: for XLA's cost analysis, and
+  compiled, its memory analysis."""
   state = checkpoint.abstract_with_shardings(program.abstract, program.state_sharding)
   batch = next(steps.device_batches(program, 0, config.train))
-  totals = jax.eval_shape(program.zero_totals)
-  return program.train_step.lower(state, totals, batch, None, 1).compile().memory_analysis()
+  return program.train_step.lower(state, jax.eval_shape(program.zero_totals), batch, None, 1)
+
+
+def compiled_memory(config: ml_collections.ConfigDict) -> Any:
+  """XLA's memory analysis of the compiled training step (per device): arguments, outputs, temporaries."""
+  return lowered_train_step(build(config), config).compile().memory_analysis()
 
 
 def restore_newest(program: Program, ckpt: checkpoint.Checkpointer, config: ml_collections.ConfigDict,

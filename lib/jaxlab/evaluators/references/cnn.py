@@ -99,14 +99,6 @@ def case(config: ml_collections.ConfigDict, program: Any = None) -> Case:
   jaxlab_loss = (cross_entropy(model.apply({'params': setup.params}, check['x'], train=False), check['y'],
                                spec.label_smoothing)
                  + penalty(setup.params, jaxlab_penalised, spec.l1, spec.l2))
-  key = jax.random.PRNGKey(config.seed)
-
-  def step(carry, batch):
-    params, opt_state, step = carry
-    grads = jax.grad(loss)(params, batch, spec, jax.random.fold_in(key, step) if spec.dropout else None)
-    updates, opt_state = setup.tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, step + 1
-
-  return Case(jaxlab_loss=float(jaxlab_loss), reference_loss=float(loss(params, check, spec)),
-              init=lambda: common.fresh(params, setup.tx), step=jax.jit(step, donate_argnums=0),
-              batches=setup.batches)
+  return common.gradient_case(setup, params,
+                             lambda p, batch, key: loss(p, batch, spec, key if spec.dropout else None),
+                             jaxlab_loss, loss(params, check, spec), config.seed)

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 from flax.core import meta
 
+from jaxlab.evaluators.references import Case
 from jaxlab.run import program as program_lib
 
 
@@ -39,3 +40,19 @@ def fresh(params: Any, tx: optax.GradientTransformation, *extra: Any) -> tuple[A
   leaves the originals intact for the next repeat."""
   params = jax.tree.map(jnp.array, params)
   return (params, tx.init(params), jnp.zeros((), jnp.int32), *jax.tree.map(jnp.array, extra))
+
+
+def gradient_case(setup: Setup, params: Any, loss: Callable[[Any, Any, jax.Array], jax.Array], jaxlab_loss: Any,
+                  reference_loss: Any, seed: int) -> Case:
+  """A Case whose step is one update of `setup.tx` on grad `loss(params, batch, key)`, with key fold_in(PRNGKey(seed),
+  step) for the loss's own noise (dropout, a sample)."""
+  key = jax.random.PRNGKey(seed)
+
+  def step(carry, batch):
+    params, opt_state, count = carry
+    grads = jax.grad(loss)(params, batch, jax.random.fold_in(key, count))
+    updates, opt_state = setup.tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, count + 1
+
+  return Case(jaxlab_loss=float(jaxlab_loss), reference_loss=float(reference_loss),
+              init=lambda: fresh(params, setup.tx), step=jax.jit(step, donate_argnums=0), batches=setup.batches)

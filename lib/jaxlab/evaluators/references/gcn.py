@@ -58,14 +58,6 @@ def case(config: ml_collections.ConfigDict, program: Any = None) -> Case:
   jaxlab_loss = (masked_cross_entropy(setup.task.model.apply({'params': setup.params}, check, train=False),
                                       check['y'], check['mask'])
                  + penalty(setup.params, jaxlab_marked, 0.0, l2))
-  key = jax.random.PRNGKey(config.seed)
-
-  def step(carry, batch):
-    params, opt_state, step = carry
-    grads = jax.grad(loss)(params, batch, rate, l2, marked, jax.random.fold_in(key, step) if rate else None)
-    updates, opt_state = setup.tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, step + 1
-
-  return Case(jaxlab_loss=float(jaxlab_loss), reference_loss=float(loss(params, check, rate, l2, marked)),
-              init=lambda: common.fresh(params, setup.tx), step=jax.jit(step, donate_argnums=0),
-              batches=setup.batches)
+  return common.gradient_case(setup, params,
+                             lambda p, batch, key: loss(p, batch, rate, l2, marked, key if rate else None),
+                             jaxlab_loss, loss(params, check, rate, l2, marked), config.seed)

@@ -73,14 +73,5 @@ def case(config: ml_collections.ConfigDict, program: Any = None) -> Case:
   check = setup.first_batch
   jaxlab_loss = optax.softmax_cross_entropy_with_integer_labels(
       setup.task.model.apply({'params': setup.params}, check['x'], train=False), check['y']).mean()
-  key = jax.random.PRNGKey(config.seed)
-
-  def step(carry, batch):
-    params, opt_state, step = carry
-    grads = jax.grad(loss)(params, batch, m, jax.random.fold_in(key, step) if m.dropout else None)
-    updates, opt_state = setup.tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, step + 1
-
-  return Case(jaxlab_loss=float(jaxlab_loss), reference_loss=float(loss(params, check, m)),
-              init=lambda: common.fresh(params, setup.tx), step=jax.jit(step, donate_argnums=0),
-              batches=setup.batches)
+  return common.gradient_case(setup, params, lambda p, batch, key: loss(p, batch, m, key if m.dropout else None),
+                             jaxlab_loss, loss(params, check, m), config.seed)

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jaxlab.errors import ConfigError
 from jaxlab.evaluators.references import Case, common
@@ -60,15 +59,10 @@ def case(config: ml_collections.ConfigDict, program: Any = None) -> Case:
   beta, bernoulli = setup.task.beta, setup.task.loss == 'bernoulli'
   mean, std = np.asarray(config.data.mean, np.float32), np.asarray(config.data.std, np.float32)
   latent = params['encoder'][-1]['b'].shape[0] // 2
-  key = jax.random.PRNGKey(config.seed)
-
-  def step(carry, batch):
-    params, opt_state, step = carry
+  def noisy_loss(p: dict[str, Any], batch: dict[str, jax.Array], key: jax.Array) -> jax.Array:
     x = batch['x']  # normalised inputs; the targets are the pixels in [0, 1] they came from
-    eps = jax.random.normal(jax.random.fold_in(key, step), (x.shape[0], latent), x.dtype)
-    grads = jax.grad(loss)(params, x, x * std + mean, eps, beta, bernoulli)
-    updates, opt_state = setup.tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, step + 1
+    eps = jax.random.normal(key, (x.shape[0], latent), x.dtype)
+    return loss(p, x, x * std + mean, eps, beta, bernoulli)
 
   # The check: jaxlab's own training loss (its task's `gradients`, from its initial state on the first batch)
   # against the reference's with the same noise, jaxlab's step-0 draw recomputed from its per-image keys. It
@@ -79,6 +73,4 @@ def case(config: ml_collections.ConfigDict, program: Any = None) -> Case:
   check_eps = jax.vmap(lambda k: jax.random.normal(k, (latent,)))(keys)
   _, metrics, _ = setup.task.gradients(state, check)
   reference_loss = loss(params, check['x'], check['x'] * std + mean, check_eps, beta, bernoulli)
-  return Case(jaxlab_loss=float(metrics['loss']), reference_loss=float(reference_loss),
-              init=lambda: common.fresh(params, setup.tx), step=jax.jit(step, donate_argnums=0),
-              batches=setup.batches)
+  return common.gradient_case(setup, params, noisy_loss, metrics['loss'], reference_loss, config.seed)
