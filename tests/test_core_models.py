@@ -67,6 +67,17 @@ def test_residual_mlp_adds_the_hidden_layer_to_its_input():
   np.testing.assert_allclose(residual.apply(variables, x), expected, rtol=1e-5)
 
 
+def test_input_dropout_drops_that_fraction_of_the_pixels_in_training_only():
+  model = _model(dict(name='mlp', hidden=(), input_dropout=0.2))  # logistic regression: head only
+  x = jnp.ones((1, 10_000))
+  variables = meta.unbox(model.init(jax.random.PRNGKey(0), x))
+  variables['params']['head'] = {'kernel': jnp.ones((10_000, 10)), 'bias': jnp.zeros(10)}  # each output: sum of inputs
+  np.testing.assert_allclose(model.apply(variables, x), 10_000.0)
+  kept = float(model.apply(variables, x, train=True, rngs={'dropout': jax.random.PRNGKey(1)})[0, 0]) * 0.8
+  assert abs(kept - round(kept)) < 1e-2  # whole pixels kept, each scaled by 1 / 0.8
+  assert abs(kept - 8000) < 200  # binomial(10,000, 0.8): std 40
+
+
 def test_matmul_conv_computes_the_same_function_with_the_same_parameters():
   xla, matmul = _model(dict(name='cnn1d', channels=6)), _model(dict(name='cnn1d', channels=6, conv='matmul'))
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 40))

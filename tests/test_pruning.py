@@ -41,6 +41,21 @@ def test_iterative_schedule_ramps_keeps_zeros_and_gives_kept_weights_their_exact
   assert np.asarray(params['a']['kernel'])[0, 0] == 0 and np.asarray(params['a']['kernel'])[0, 1] == 0
 
 
+@pytest.mark.parametrize('kind, zeros', [
+    ('linear', [4, 8, 12, 16]),  # 32 weights, target 1/2: 16 * k / 4
+    ('cubic', [9, 14, 16, 16]),  # 16 * (1 - (1 - k / 4)^3) = 9.25, 14, 15.75, 16, rounded
+])
+def test_the_ramp_prunes_that_many_at_each_event_by_hand(kind, zeros):
+  params = {'a': {'kernel': jnp.arange(1., 33.).reshape(4, 8)}}
+  tx = pruning.prune_by_magnitude((('^a/', 0.5),), (0, 1, 2, 3), kind)
+  state, counts = tx.init(params), []
+  for _ in range(4):
+    updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+    params = optax.apply_updates(params, updates)
+    counts.append(int(np.sum(np.asarray(params['a']['kernel']) == 0)))
+  assert counts == zeros
+
+
 def _config(**overrides):
   return tiny_config('mlp', **{'model.hidden': (16,), 'train.num_steps': 20, 'train.checkpoint_every': 100,
                                'optimizer.prune.sparsity': (('^Dense_0/kernel$', 0.75), ('^head/kernel$', 0.5)),
@@ -72,6 +87,7 @@ def test_pruned_weights_stay_zero_through_a_resume_and_the_summary_counts_them(t
     ({'optimizer.prune.sparsity': (('^nothing', 0.5),)}, "prune.sparsity regex '^nothing' matches no parameter"),
     ({'optimizer.prune.sparsity': (('Dense_0', 1.0),)}, "prune.sparsity rule ('Dense_0', 1.0) is not a (regex, fraction"),
     ({'optimizer.prune.steps': ()}, 'prune.sparsity needs prune.steps'),
+    ({'optimizer.prune.ramp': 'exp'}, "prune.ramp must be one of linear, cubic, got 'exp'"),
     ({'optimizer.prune.steps': (0, 20)}, 'prune.steps must lie in [0, train.num_steps 20), got (0, 20)'),
 ])
 def test_bad_pruning_settings_are_one_line(tmp_path, overrides, message):

@@ -2,11 +2,12 @@
 
   python experiments/transfer_mnist_to_fashion/plot.py runs/transfer-scratch runs/transfer-finetune runs/transfer-probe
 
-Each mode's mean over seeds, with the seeds as dots.
+Each mode's mean over seeds with error bars of one sample standard deviation, the seeds as dots.
 """
 
 import csv
 import os
+import statistics
 import sys
 from collections import defaultdict
 
@@ -31,9 +32,11 @@ def main(sweep_dirs):
     mode = os.path.basename(os.path.normpath(sweep_dir)).removeprefix('transfer-')
     accuracies = _accuracies(sweep_dir)
     fractions = [100 * f for f in accuracies]
-    line, = ax.plot(fractions, [sum(a) / len(a) for a in accuracies.values()], marker='o', label=mode)
+    means = [statistics.mean(a) for a in accuracies.values()]
+    stds = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in accuracies.values()]
+    bars = ax.errorbar(fractions, means, yerr=stds, marker='o', capsize=3, label=mode)
     for fraction, seeds in zip(fractions, accuracies.values()):
-      ax.scatter([fraction] * len(seeds), seeds, s=10, color=line.get_color(), alpha=0.5)
+      ax.scatter([fraction] * len(seeds), seeds, s=10, color=bars.lines[0].get_color(), alpha=0.5)
   ax.set_xscale('log')
   ax.set_xlabel('Fashion-MNIST training labels used (%)')
   ax.set_ylabel('test accuracy (%)')

@@ -228,11 +228,14 @@ def defaults() -> ml_collections.ConfigDict:
                                           adversarial_weight=0.0))
   # Parameter paths are '/'-joined module names inside `params`, e.g. 'Dense_2/kernel' (init.py).
   # frozen: a regex (re.search) of parameters that get no updates; linear_probe: all but the output layer 'head'.
-  # prune: magnitude pruning (pruning.py) to per-layer sparsities ((regex, fraction), ...) at the given steps.
+  # prune: magnitude pruning (pruning.py) to per-layer sparsities ((regex, fraction), ...) at the given steps,
+  # ramped 'linear'ly or 'cubic' (Zhu & Gupta) over them.
+  # max_norm > 0: each unit's incoming kernel weights are kept to at most that L2 norm (max_norm.py).
   c.optimizer = ml_collections.ConfigDict(dict(
-      frozen='', linear_probe=False, prune=ml_collections.ConfigDict(dict(sparsity=(), steps=())),
+      frozen='', linear_probe=False, prune=ml_collections.ConfigDict(dict(sparsity=(), steps=(), ramp='linear')),
       name='adam', learning_rate=1e-2, schedule='constant', warmup_steps=0, final_lr_fraction=0.0,
       step_boundaries=(0.5, 0.75), step_factor=0.1, weight_decay=0.0, decay_matrices_only=False, grad_clip_norm=0.0,
+      max_norm=0.0,
       momentum=0.9, b1=0.9, b2=0.999, eps=1e-8,
       decay=0.9, rmsprop_momentum=0.0))  # rmsprop's own: optax's and torch's default is no momentum
   # Parameters from another run (init.py), used where this run has no checkpoint of its own:

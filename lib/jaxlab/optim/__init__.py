@@ -12,6 +12,7 @@ import optax
 from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
 from jaxlab.optim import pruning
+from jaxlab.optim.max_norm import max_norm
 from jaxlab.optim.paths import parameter_paths, paths_tree
 
 SCHEDULES = ('constant', 'cosine', 'linear', 'step')
@@ -40,7 +41,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Sched
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optax chain: clipping, coupled weight decay (decoupled for adamw), the update rule."""
+  """The optax chain: clipping, coupled weight decay (decoupled for adamw), the update rule, max-norm."""
   schedule = make_schedule(cfg, num_steps)
   name = cfg.name
   # nanoGPT's rule: decay matrices (kernels, embeddings), not biases or LayerNorm/BatchNorm scales.
@@ -68,12 +69,15 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> tuple[opta
     # Coupled L2 decay, as torch's `weight_decay` argument does for SGD and Adam.
     parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decayed))
   parts.append(rule)
+  if cfg.max_norm:
+    parts.append(max_norm(cfg.max_norm))  # inside the freezer's 'trained' branch: frozen weights stay as loaded
   tx = optax.chain(*parts)
   if cfg.frozen or cfg.linear_probe:
     tx = optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, _freezer(cfg.frozen, cfg.linear_probe))
   if cfg.prune.sparsity:
     pruning.validate(cfg.prune, num_steps)
-    tx = optax.chain(tx, pruning.prune_by_magnitude(cfg.prune.sparsity, tuple(cfg.prune.steps)))
+    ramp = cfg.prune.get('ramp', 'linear')
+    tx = optax.chain(tx, pruning.prune_by_magnitude(cfg.prune.sparsity, tuple(cfg.prune.steps), ramp))
   return tx, schedule
 
 

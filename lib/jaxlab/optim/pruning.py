@@ -3,7 +3,9 @@
 `prune.sparsity` gives per-layer targets as (regex, fraction) pairs over parameter paths
 ('Dense_0/kernel'; the first matching rule counts, unmatched parameters stay dense). At each step
 of `prune.steps` (an iterative schedule: prune, retrain, prune ...) the smallest-magnitude weights
-of each matched parameter are pruned, up to target * (i + 1) / n at the i-th of n events. The
+of each matched parameter are pruned, up to target * r(i) at the i-th of n events, r(i) = (i + 1) / n
+(`prune.ramp='linear'`) or 1 - (1 - (i + 1) / n)^3 (`'cubic'`, Zhu & Gupta 2017: most pruned early, while
+many weights are left to take over, little at the end). The
 masks live in the optimizer state (so in the TrainState and its checkpoints), and every update
 is u * mask - w * (1 - mask): kept weights get their update exactly, pruned ones become and stay 0.
 """
@@ -22,6 +24,14 @@ import optax
 from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
 from jaxlab.optim.paths import parameter_paths
+
+RAMPS = ('linear', 'cubic')
+
+
+def ramp(kind: str, i: int, n: int) -> float:
+  """The fraction of its target a layer is pruned to at the i-th of n events."""
+  done = (i + 1) / n
+  return done if kind == 'linear' else 1 - (1 - done) ** 3
 
 
 class PruneState(NamedTuple):
@@ -70,8 +80,10 @@ def magnitude_mask(weights: jax.Array, fraction: float) -> jax.Array:
   return (ranks >= k).astype(weights.dtype).reshape(weights.shape)
 
 
-def prune_by_magnitude(sparsity: Any, steps: tuple[int, ...]) -> optax.GradientTransformation:
+def prune_by_magnitude(sparsity: Any, steps: tuple[int, ...], kind: str = 'linear') -> optax.GradientTransformation:
   """Prunes at `steps` to the per-layer `sparsity`, ramped over the events; keeps pruned weights at 0."""
+  if kind not in RAMPS:
+    raise ConfigError(f"prune.ramp must be one of {', '.join(RAMPS)}, got {kind!r}")
   steps = tuple(sorted(steps))
 
   def init(params: Any) -> PruneState:
@@ -84,8 +96,8 @@ def prune_by_magnitude(sparsity: Any, steps: tuple[int, ...]) -> optax.GradientT
     goals = targets(params, sparsity)
 
     def event(i: int) -> Any:
-      ramp = (i + 1) / len(steps)
-      return jax.tree.map(lambda w, m, f: magnitude_mask(w * m, f * ramp) * m, params, state.masks, goals)
+      reached = ramp(kind, i, len(steps))
+      return jax.tree.map(lambda w, m, f: magnitude_mask(w * m, f * reached) * m, params, state.masks, goals)
 
     masks = state.masks
     for i, step in enumerate(steps):  # a handful of events: one cond each
@@ -98,6 +110,8 @@ def prune_by_magnitude(sparsity: Any, steps: tuple[int, ...]) -> optax.GradientT
 
 def validate(prune: ml_collections.ConfigDict, num_steps: int) -> None:
   _rules(prune.sparsity)
+  config_lib.require(prune.get('ramp', 'linear') in RAMPS,
+                     f"prune.ramp must be one of {', '.join(RAMPS)}, got {prune.get('ramp')!r}")
   config_lib.require(not prune.sparsity or bool(prune.steps), 'prune.sparsity needs prune.steps, the steps to '
                                                               'prune at (e.g. (0,) to prune a loaded model at once)')
   config_lib.require(all(0 <= s < num_steps for s in prune.steps),
