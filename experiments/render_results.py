@@ -4,8 +4,8 @@
   python experiments/render_results.py --write [FOLDER ...]  # rewrite the blocks (named folders only, if given)
   python experiments/render_results.py --check            # exit 1 naming every file whose block is stale
 
-Each folder's README holds its own table, docs/reproductions.md the combined one, between the lines BEGIN and
-END below. Standalone (no jaxlab import): it runs without the library's dependencies.
+Each folder's README holds its own table, docs/reproductions.md the combined one, and the repository's README the
+entries marked `"headline": true`, each between the lines BEGIN and END below. Standalone (no jaxlab import): it runs without the library's dependencies.
 """
 
 import argparse
@@ -18,6 +18,7 @@ from pathlib import Path
 EXPERIMENTS = Path(__file__).resolve().parent
 ROOT = EXPERIMENTS.parent
 DOCS = ROOT / 'docs' / 'reproductions.md'
+README = ROOT / 'README.md'
 BEGIN, END = '<!-- results: begin -->', '<!-- results: end -->'
 COLUMNS = ('result', 'metric', 'paper', 'ours', 'seeds', "within the paper's ±", 'commit')
 NOTICE = '<!-- rendered from results.json by experiments/render_results.py --write: edit the JSON, not this table -->'
@@ -45,7 +46,7 @@ def _mean(entry: dict):
   return entry.get('reported_mean')
 
 
-def ours_cell(entry: dict) -> str:
+def ours_cell(entry: dict, with_note: bool = True) -> str:
   """Mean ± sample std at the per-seed values' precision (one value alone; the README's own mean ± std when it
   gives no per-seed list), or the accelerator config of a result not run here; then the entry's note."""
   values = entry['ours']
@@ -61,7 +62,7 @@ def ours_cell(entry: dict) -> str:
     mean, std = entry['reported_mean'], entry['reported_std']
     places = _places([mean, std])
     text = f'{mean:.{places}f} ± {std:.{places}f}'
-  return f"{text} ({entry['note']})" if entry['note'] else text
+  return f"{text} ({entry['note']})" if entry['note'] and with_note else text
 
 
 def within_cell(entry: dict) -> str:
@@ -86,11 +87,11 @@ def seeds_cell(seeds: list[int]) -> str:
   return f"{len(seeds)}: {', '.join(parts)}"
 
 
-def paper_cell(entry: dict) -> str:
+def paper_cell(entry: dict, with_note: bool = True) -> str:
   """The paper's value (± its error), then where it comes from."""
   value, error, note = entry['paper_value'], entry['paper_error'], entry['paper_note']
   text = '—' if value is None else str(value) if error is None else f'{value} ± {error}'
-  return f'{text} ({note})' if note else text
+  return f'{text} ({note})' if note and with_note else text
 
 
 def row(entry: dict) -> list[str]:
@@ -119,6 +120,14 @@ def combined_table(all_results: dict[str, dict]) -> str:
   return _table(['folder', *COLUMNS], rows)
 
 
+def headline_table(all_results: dict[str, dict]) -> str:
+  """The entries marked `headline`, short: no notes (their folder's table has them), the folder linked."""
+  rows = [[entry['name'], entry['metric'], ours_cell(entry, with_note=False), paper_cell(entry, with_note=False),
+           seeds_cell(entry['seeds']).split(':')[0], f'[{folder}](experiments/{folder})']
+          for folder, results in all_results.items() for entry in results['results'] if entry.get('headline')]
+  return _table(['result', 'metric', 'ours', 'paper', 'seeds', 'folder'], rows)
+
+
 def folder_block(results: dict) -> str:
   """The marked block of a folder README (whose heading names the paper)."""
   # Blank lines around each table, so that no line next to it is read as one of its rows.
@@ -129,6 +138,11 @@ def folder_block(results: dict) -> str:
 def combined_block(all_results: dict[str, dict]) -> str:
   """The marked block of docs/reproductions.md."""
   return '\n'.join([BEGIN, NOTICE, '', combined_table(all_results), '', END])
+
+
+def readme_block(all_results: dict[str, dict]) -> str:
+  """The marked block of the repository's README."""
+  return '\n'.join([BEGIN, NOTICE, '', headline_table(all_results), '', END])
 
 
 def _after_first_paragraph(lines: list[str]) -> int:
@@ -162,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
   mode = parser.add_mutually_exclusive_group()
   mode.add_argument('--write', nargs='*', metavar='FOLDER',
                     help='rewrite the blocks: of the FOLDERs given (experiments/ folders), else of every folder '
-                         'with a results.json and of docs/reproductions.md')
+                         'with a results.json, of docs/reproductions.md and of README.md')
   mode.add_argument('--check', action='store_true', help='exit 1 if any block differs from what the JSON renders')
   args = parser.parse_args(argv)
   all_results = load_all()
@@ -176,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
   blocks = {EXPERIMENTS / name / 'README.md': folder_block(all_results[name]) for name in folders}
   if not args.write:
     blocks[DOCS] = combined_block(all_results)
+    blocks[README] = readme_block(all_results)
   stale = [path for path, block in blocks.items() if replace_block(path.read_text(), block) != path.read_text()]
   for path in stale:
     if args.check:

@@ -64,6 +64,7 @@ def test_results_json_follows_the_schema(path):
       assert key in entry, f'{where}: no {key!r}'
       assert _is(entry[key], types), f'{where}: {key!r} is {entry[key]!r}'
     assert all(_is(v, NUMBER) for v in entry['ours']), where
+    assert _is(entry.get('headline', False), bool), f'{where}: headline must be true or false'
     assert all(_is(s, int) for s in entry['seeds']), where
     if not entry['run_here']:
       assert entry['ours'] == [], f'{where}: not run here, yet has values'
@@ -113,6 +114,16 @@ def test_renderer_mean_std_and_within_by_hand():
   assert rendered(_entry([], run_here=False, config='configs/big.py'))[ours] == \
       'not run here (needs an accelerator): `configs/big.py`'
   assert rendered(_entry(list(range(12)), seeds=list(range(12))))[seeds] == '12: 0–11'
+
+
+def test_the_readme_table_holds_only_headline_entries_without_notes():
+  render = _render_module()
+  text = json.dumps({'folder': 'f', 'paper': 'p', 'results': [
+      _entry([1.0, 3.0], paper_value=2.5, paper_note='Table 1', note='a long caveat', headline=True, name='shown'),
+      _entry([5.0], name='hidden')]})
+  lines = render.headline_table({'f': render.parse_results(text)}).splitlines()
+  assert len(lines) == 3  # header, rule, the one headline entry
+  assert lines[2] == '| shown | m | 2.0 ± 1.4 | 2.5 | 2 | [f](experiments/f) |'  # std of 1, 3: sqrt(2) = 1.4
 
 
 def test_write_replaces_the_block_or_inserts_it_after_the_first_paragraph():
