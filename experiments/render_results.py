@@ -5,7 +5,8 @@
   python experiments/render_results.py --check            # exit 1 naming every file whose block is stale
 
 Each folder's README holds its own table, docs/reproductions.md the combined one, and the repository's README the
-entries marked `"headline": true`, each between the lines BEGIN and END below. Standalone (no jaxlab import): it runs without the library's dependencies.
+entries marked `"headline": true`, each between the lines BEGIN and END below. Standalone (no jaxlab import): it
+runs without the library's dependencies.
 """
 
 import argparse
