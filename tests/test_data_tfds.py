@@ -70,6 +70,40 @@ def test_second_prepare_reuses_the_cache_without_the_raw_files(tfds_dir):
   assert len(builder.as_data_source('test')) == 10000
 
 
+def test_runs_preparing_at_once_take_turns_and_only_the_first_prepares(tmp_path, monkeypatch):
+  """Two preparers in flight together (a parallel sweep's first points): one prepares, the other waits, then reuses."""
+  import threading
+  import time
+
+  calls, inside, most_inside, lock = [], [0], [0], threading.Lock()
+
+  class SlowBuilder:
+    def __init__(self, data_dir, file_format):
+      self.data_dir = os.path.join(data_dir, 'fake', '1.0.0')
+
+    def download_and_prepare(self, download_config):
+      with lock:
+        inside[0] += 1
+        most_inside[0] = max(most_inside[0], inside[0])
+      calls.append(threading.get_ident())
+      time.sleep(0.3)
+      os.makedirs(self.data_dir, exist_ok=True)
+      with open(os.path.join(self.data_dir, 'dataset_info.json'), 'w') as f:
+        f.write('{}')
+      with lock:
+        inside[0] -= 1
+
+  monkeypatch.setattr(tfds_idx, '_builder_class', lambda name: SlowBuilder)
+  monkeypatch.setattr(tfds_idx, 'check_raw_files', lambda data_dir, name: None)
+  threads = [threading.Thread(target=tfds_idx.prepare, args=('mnist', str(tmp_path), str(tmp_path / 'tfds')))
+             for _ in range(2)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert len(calls) == 1 and most_inside[0] == 1
+
+
 def test_missing_files_give_one_error_naming_paths_and_source(tmp_path, monkeypatch):
   connections = []
   def refuse(sock, address):

@@ -7,6 +7,8 @@ encoding: decoding PNGs runs at only ~2-3k examples/s here) and are read back wi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import math
 import os
@@ -125,18 +127,36 @@ def default_tfds_dir() -> str:
 
 
 def prepare(name: str, data_dir: str, tfds_dir: str):
-  """The TFDS builder of `name`, prepared into `tfds_dir` from the IDX files in `data_dir` once."""
+  """The TFDS builder of `name`, prepared into `tfds_dir` from the IDX files in `data_dir` once.
+
+  Runs that start together (a parallel sweep) take turns on a lock file: the first prepares, the rest
+  find the prepared dataset (TFDS alone would let both prepare and the second fail renaming its copy).
+  """
   if name not in NAMES:
     raise DataError(f'no offline TFDS builder for {name!r}; offline datasets: {", ".join(NAMES)}')
   import tensorflow_datasets as tfds
   builder = _builder_class(name)(data_dir=tfds_dir, file_format='array_record')
-  if not os.path.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
-    check_raw_files(data_dir, name)
-    tfds.disable_progress_bar()
-    try:
-      os.makedirs(tfds_dir, exist_ok=True)
-    except OSError as e:
-      raise DataError(f'cannot prepare {name} into {tfds_dir}: {e.strerror}; set data.tfds_data_dir or '
-                      'TFDS_DATA_DIR to a writable directory') from None
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=raw_dir(data_dir, name)))
+  if os.path.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
+    return builder
+  check_raw_files(data_dir, name)
+  tfds.disable_progress_bar()
+  try:
+    os.makedirs(tfds_dir, exist_ok=True)
+  except OSError as e:
+    raise DataError(f'cannot prepare {name} into {tfds_dir}: {e.strerror}; set data.tfds_data_dir or '
+                    'TFDS_DATA_DIR to a writable directory') from None
+  with _held(os.path.join(tfds_dir, f'.{name}_idx.prepare.lock')):
+    if not os.path.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=raw_dir(data_dir, name)))
   return builder
+
+
+@contextlib.contextmanager
+def _held(path: str):
+  """An exclusive flock on `path`, waited for; the kernel releases it if the process dies."""
+  with open(path, 'a') as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
