@@ -16,9 +16,9 @@ from jaxlab.launch.sweep import product
 MODES = ('scratch', 'finetune', 'probe')
 FRACTIONS = (0.01, 0.1, 1.0)
 SEARCH = {  # mode: the (key, values) axes searched at every fraction
-    'scratch': (('optimizer.learning_rate', [3e-4, 1e-3, 3e-3]),),
-    'finetune': (('optimizer.learning_rate', [1e-4, 3e-4, 1e-3, 3e-3]), ('train.num_steps', [1000, 3000])),
-    'probe': (('optimizer.learning_rate', [1e-3, 1e-2]),),
+    'scratch': (('optimizer.learning_rate', [3e-4, 1e-3, 3e-3, 1e-2]),),
+    'finetune': (('optimizer.learning_rate', [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]), ('train.num_steps', [1000, 3000])),
+    'probe': (('optimizer.learning_rate', [1e-3, 1e-2, 3e-2]),),
 }
 # (mode, fraction): (learning rate, steps) with the best seed-0 validation accuracy in MODE_search.
 CHOSEN = {

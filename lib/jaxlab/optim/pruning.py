@@ -110,8 +110,6 @@ def prune_by_magnitude(sparsity: Any, steps: tuple[int, ...], kind: str = 'linea
 
 def validate(prune: ml_collections.ConfigDict, num_steps: int) -> None:
   _rules(prune.sparsity)
-  config_lib.require(prune.get('ramp', 'linear') in RAMPS,
-                     f"prune.ramp must be one of {', '.join(RAMPS)}, got {prune.get('ramp')!r}")
   config_lib.require(not prune.sparsity or bool(prune.steps), 'prune.sparsity needs prune.steps, the steps to '
                                                               'prune at (e.g. (0,) to prune a loaded model at once)')
   config_lib.require(all(0 <= s < num_steps for s in prune.steps),
