@@ -22,9 +22,9 @@ SEARCH = {  # mode: the (key, values) axes searched at every fraction
 }
 # (mode, fraction): (learning rate, steps) with the best seed-0 validation accuracy in MODE_search.
 CHOSEN = {
-    ('scratch', 0.01): (1e-3, 3000), ('scratch', 0.1): (1e-3, 3000), ('scratch', 1.0): (1e-3, 3000),
-    ('finetune', 0.01): (1e-4, 3000), ('finetune', 0.1): (1e-4, 3000), ('finetune', 1.0): (1e-4, 3000),
-    ('probe', 0.01): (1e-3, 3000), ('probe', 0.1): (1e-3, 3000), ('probe', 1.0): (1e-3, 3000),
+    ('scratch', 0.01): (0.003, 3000), ('scratch', 0.1): (0.001, 3000), ('scratch', 1.0): (0.003, 3000),
+    ('finetune', 0.01): (0.01, 1000), ('finetune', 0.1): (0.01, 1000), ('finetune', 1.0): (0.003, 3000),
+    ('probe', 0.01): (0.01, 3000), ('probe', 0.1): (0.01, 3000), ('probe', 1.0): (0.03, 3000),
 }
 
 
