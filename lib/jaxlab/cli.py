@@ -138,7 +138,12 @@ def _stopped(command: str, stopped: stop.Stopped) -> None:
   Any other command's work was cut short: one line and status 128 + the signal's number."""
   if command in STATEFUL_COMMANDS:
     sys.exit(0)
-  _fail(f'stopped by {stopped.signal_name} before {command} finished; it wrote no results', stopped.exit_code)
+  print(f'error: stopped by {stopped.signal_name} before {command} finished; it wrote no results', file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  # An XLA computation may still be running on its own threads (an attack's PGD loop): tearing the
+  # interpreter down under it sometimes crashed (SIGSEGV instead of the status). Nothing is left to save.
+  os._exit(stopped.exit_code)
 
 
 def _project_root() -> str:
