@@ -21,12 +21,14 @@ from jaxlab.run import train
 from jaxlab.tasks import frechet
 from jaxlab.tasks.autoencoder import gaussian_kl
 from jaxlab.tasks.base import example_keys
+from jaxlab.tasks.gan import GAN, FrechetReference
 
 SMALL = {  # tiny versions of configs/mnist/vae.py and dcgan.py
     'vae': {'model.hidden': (32,), 'model.latent': 4, 'vae.iwae_samples': 0},
     'conv': {'model.channels': (4, 8), 'model.latent': 4, 'vae.iwae_samples': 0},
     'autoencoder': {'model.hidden': (32,), 'model.latent': 4},
-    'gan': {'model.features': 8, 'model.latent': 8, 'gan.frechet_run': ''},
+    'gan': {'model.features': 8, 'model.latent': 8, 'gan.frechet_run': '', 'data.validation_size': 0,
+            'train.early_stopping_metric': ''},
 }
 
 
@@ -82,6 +84,29 @@ def test_feature_sums_give_the_mean_and_sample_covariance_of_the_real_rows():
   np.testing.assert_allclose(cov, np.cov(features[real], rowvar=False), atol=1e-5)
 
 
+def test_each_split_gets_its_own_floor_from_as_many_training_images():
+  rng = np.random.default_rng(2)
+  train = rng.uniform(size=(60, 2, 2, 1)).astype(np.float32)
+  flat = lambda pixels: jnp.reshape(pixels, (pixels.shape[0], -1))  # 4 features: the pixels themselves
+  gan = GAN(model=None, generator_tx=None, discriminator_tx=None, pixel_space=None,
+            reference=FrechetReference(flat, lambda: train))
+
+  def scipy_distance(a, b):
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    return np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(ca + cb - 2 * scipy.linalg.sqrtm(ca @ cb).real)
+
+  for split in (rng.uniform(size=(12, 2, 2, 1)), rng.uniform(0.3, 1.5, size=(25, 2, 2, 1))):  # validation, test
+    real_sums = frechet.feature_sums(flat(jnp.asarray(split, jnp.float32)), jnp.ones(len(split), bool))
+    fake = split[::-1] + 0.5  # shifted by 0.5 in each of 4 features: distance 4 x 0.25 = 1
+    fake_sums = frechet.feature_sums(flat(jnp.asarray(fake, jnp.float32)), jnp.ones(len(split), bool))
+    reported = gan.summarize({'count': np.int32(len(split)), 'real_features': real_sums[0], 'real_outer': real_sums[1],
+                              'fake_features': fake_sums[0], 'fake_outer': fake_sums[1]})
+    drawn = train[np.sort(np.random.default_rng(0).choice(len(train), len(split), replace=False))]
+    assert reported['frechet'] == pytest.approx(1.0, rel=1e-4)
+    assert reported['frechet_floor'] == pytest.approx(scipy_distance(drawn, split), rel=1e-4)
+
+
 def test_binarize_turns_each_pixel_on_with_its_intensity_the_same_way_for_the_same_key():
   images_ = np.broadcast_to(np.array([0, 51, 128, 255], np.uint8)[None, :, None, None], (500, 4, 50, 1))
   keys = pipeline.example_keys(7, np.arange(500))
@@ -132,6 +157,7 @@ def test_dcgan_generates_images_of_the_data_shape_in_minus_one_to_one(shape, spe
 def test_image_sides_the_convolutions_cannot_halve_are_one_line(tmp_path):
   proc = launch('--config', 'configs/mnist/dcgan.py', '--config.data.name=standin', '--config.data.tfds_name=cifar10',
                 '--config.model.features=4', '--config.gan.frechet_run=', '--config.train.num_steps=1',
+                '--config.data.validation_size=0', '--config.train.early_stopping_metric=',
                 '--config.model.latent=4', '--config.data.batch_size=8', '--config.data.eval_batch_size=8',
                 f'--workdir={tmp_path}', '--config.data.image_size=30')
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (

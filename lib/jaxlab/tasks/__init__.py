@@ -188,9 +188,7 @@ def gan(config: ml_collections.ConfigDict, source: Any, read_run: ReadRun) -> GA
   discriminator_tx, _ = optim.make_optimizer(config.discriminator_optimizer, config.train.num_steps)
   pixels, reference = attacks.pixel_space(config.data), None
   if block['frechet_run']:
-    split = _reference_split(source)
-    reference = FrechetReference(frechet.load(block['frechet_run'], read_run), lambda: _split_pixels(source, 'train', pixels),
-                                 lambda: _split_pixels(source, split, pixels))
+    reference = FrechetReference(frechet.load(block['frechet_run'], read_run), lambda: _split_pixels(source, 'train', pixels))
   return GAN(model, generator_tx, discriminator_tx, pixels, steps, reference)
 
 

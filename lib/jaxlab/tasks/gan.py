@@ -8,8 +8,9 @@ transformation and only its own step touches it. A training batch is split into
 
 Evaluation, given a Fréchet classifier (jaxlab.tasks.frechet): the Fréchet distance between as many
 generated images as the split has and the split itself, beside `frechet_floor`, the same distance
-between as many training images and the split. Generated image i always comes from the noise of
-base.example_keys (key (0, i)). Each evaluation also writes a grid of samples from one fixed noise batch.
+between as many training images (drawn once from a fixed seed) and the split, so each split has its
+own floor. Generated image i always comes from the noise of base.example_keys (key (0, i)). Each
+evaluation also writes a grid of samples from one fixed noise batch.
 """
 
 from __future__ import annotations
@@ -45,20 +46,19 @@ def generator_loss(fake_logits: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass
 class FrechetReference:
-  """The Fréchet classifier, and the floor, computed at the first evaluation that reports it."""
+  """The Fréchet classifier, and the moments of training images behind each split's floor."""
 
   net: frechet.FeatureNet
   train_pixels: Callable[[], np.ndarray]  # the NHWC training images in [0, 1]
-  reference_pixels: Callable[[], np.ndarray]  # the evaluated split's images
-  _floor: float | None = None
+  _train_moments: dict[int, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
 
-  @property
-  def floor(self) -> float:
-    if self._floor is None:  # as many training images as the split has, drawn once from a fixed seed
-      reference, train = self.reference_pixels(), self.train_pixels()
-      train = train[np.sort(np.random.default_rng(0).choice(len(train), min(len(train), len(reference)), replace=False))]
-      self._floor = frechet.distance(*frechet.set_moments(self.net, train), *frechet.set_moments(self.net, reference))
-    return self._floor
+  def train_moments(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Feature moments of `count` training images, drawn once per count from a fixed seed."""
+    if count not in self._train_moments:
+      train = self.train_pixels()
+      train = train[np.sort(np.random.default_rng(0).choice(len(train), min(len(train), count), replace=False))]
+      self._train_moments[count] = frechet.set_moments(self.net, train)
+    return self._train_moments[count]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,11 +152,12 @@ class GAN:
     if 'real_features' not in sums:
       return {}
     count = np.asarray(sums['count'])
-    distances = np.zeros(count.shape)
+    distances, floors = np.zeros(count.shape), np.zeros(count.shape)
     for i in np.ndindex(count.shape):
-      distances[i] = frechet.distance(*frechet.moments(sums['real_features'][i], sums['real_outer'][i], count[i]),
-                                      *frechet.moments(sums['fake_features'][i], sums['fake_outer'][i], count[i]))
-    return {'frechet': distances, 'frechet_floor': np.full(count.shape, self.reference.floor)}
+      real = frechet.moments(sums['real_features'][i], sums['real_outer'][i], count[i])
+      distances[i] = frechet.distance(*real, *frechet.moments(sums['fake_features'][i], sums['fake_outer'][i], count[i]))
+      floors[i] = frechet.distance(*real, *self.reference.train_moments(int(count[i])))
+    return {'frechet': distances, 'frechet_floor': floors}
 
   def sample_images(self, state: TrainState, key: jax.Array, num: int) -> np.ndarray:
     return np.asarray(self.generate(state, self._noise(key, num)))
