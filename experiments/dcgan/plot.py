@@ -48,13 +48,16 @@ def main(prefix: str) -> None:
           f'training s |\n|---|---|---|---|---|---|')
     for seed, workdir in _runs(prefix, dataset).items():
       steps, validation = curves.read(workdir, 'frechet', 'validation')
+      if not os.path.exists(os.path.join(workdir, 'summary.json')):
+        print(f'| {seed} | (running: {len(steps)} evaluations so far) |')
+        continue
       test_steps, test = curves.read(workdir, 'frechet', 'test')
       line, = ax.plot(steps, validation[:, 0], label=f'seed {seed} validation')
       ax.plot(test_steps, test[:, 0], ':', color=line.get_color(), label=f'seed {seed} test')
       best = validation[:, 0].argmin()
       ax.plot(steps[best], validation[best, 0], 'o', color=line.get_color())
       print(_row(seed, workdir))
-    _, floor = curves.read(workdir, 'frechet_floor', 'validation')
+      _, floor = curves.read(workdir, 'frechet_floor', 'validation')  # the same for every seed
     ax.axhline(floor[0, 0], color='gray', linestyle='--', label='validation floor (train vs validation)')
     ax.set_yscale('log')
     ax.set_xlabel('step')

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 set -euo pipefail
-# Commands of experiments/dcgan/README.md (run at commit 992f350), from the repository root.
+# Commands of experiments/dcgan/README.md (run at commit f854d4e), from the repository root.
 # The two LeNet-5 runs give the features of the Fréchet distance. (The README's `launch.py sample`
 # line only draws another image grid and is left out.)
 export JAXLAB_DATA_DIR=../shared/data TFDS_DATA_DIR=/tmp/jaxlab_tfds
@@ -9,3 +9,4 @@ python launch.py --config configs/mnist/lenet5.py --config.data.tfds_name=fashio
 for d in mnist fashion_mnist; do for s in 0 1 2; do
   python launch.py --config configs/mnist/dcgan.py:$d --config.seed=$s --workdir runs/dcgan-$d-s$s
 done; done
+python experiments/dcgan/plot.py runs/dcgan
