@@ -129,16 +129,23 @@ def headline_table(all_results: dict[str, dict]) -> str:
   return _table(['result', 'metric', 'ours', 'paper', 'seeds', 'folder'], rows)
 
 
+def chosen_by_line(results: dict) -> str:
+  """What chose the folder's settings (never the test set), as one line under its table."""
+  return f"**What chose the settings:** {results['chosen_by']}"
+
+
 def folder_block(results: dict) -> str:
   """The marked block of a folder README (whose heading names the paper)."""
   # Blank lines around each table, so that no line next to it is read as one of its rows.
   return '\n'.join([BEGIN, NOTICE, 'Ours: mean ± sample std over the seeds; commands in [run.sh](run.sh), numbers in '
-                    '[results.json](results.json).', '', folder_table(results), '', END])
+                    '[results.json](results.json).', '', folder_table(results), '', chosen_by_line(results), '', END])
 
 
 def combined_block(all_results: dict[str, dict]) -> str:
-  """The marked block of docs/reproductions.md."""
-  return '\n'.join([BEGIN, NOTICE, '', combined_table(all_results), '', END])
+  """The marked block of docs/reproductions.md: the table, then what chose each folder's settings."""
+  chosen = [f"- `experiments/{folder}`: {results['chosen_by']}" for folder, results in all_results.items()]
+  return '\n'.join([BEGIN, NOTICE, '', combined_table(all_results), '', "What chose each folder's settings:", '',
+                     *chosen, '', END])
 
 
 def readme_block(all_results: dict[str, dict]) -> str:

@@ -57,6 +57,9 @@ def test_results_json_follows_the_schema(path):
     results = json.load(f)
   assert results['folder'] == os.path.basename(os.path.dirname(path))
   assert isinstance(results['paper'], str) and results['paper']
+  chosen_by = results.get('chosen_by')
+  assert isinstance(chosen_by, str) and 'test set' in chosen_by, \
+      f"{results['folder']}: 'chosen_by' must say what chose the settings, and what the test set chose"
   assert isinstance(results['results'], list) and results['results']
   for entry in results['results']:
     where = f"{results['folder']}: {entry.get('name')}"
@@ -134,3 +137,14 @@ def test_write_replaces_the_block_or_inserts_it_after_the_first_paragraph():
   assert inserted == f'# Title\n\nIntro that introduces:\n\n- a list\n\n{block}\n\nMore.\n'
   assert render.replace_block(inserted, block) == inserted
   assert render.replace_block(inserted.replace('new', 'old'), block) == inserted
+
+
+def test_each_folder_says_what_chose_its_settings_under_its_table_and_in_the_docs():
+  render = _render_module()
+  results = {'f': render.parse_results(json.dumps(
+      {'folder': 'f', 'paper': 'p', 'chosen_by': 'a validation sweep; the test set chose nothing.',
+       'results': [_entry([1.0])]}))}
+  lines = render.folder_block(results['f']).splitlines()
+  table_end = max(i for i, line in enumerate(lines) if line.startswith('|'))
+  assert lines[table_end + 2] == '**What chose the settings:** a validation sweep; the test set chose nothing.'
+  assert '- `experiments/f`: a validation sweep; the test set chose nothing.' in render.combined_block(results)
