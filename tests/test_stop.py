@@ -6,8 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from conftest import LAUNCH, ROOT, tiny_config
 
@@ -62,13 +66,43 @@ def test_a_sigterm_after_the_run_has_ended_changes_nothing(handlers, tmp_path):
   assert stop.requested(20, multi_process=False) == 'SIGTERM'
 
 
-def test_results_are_written_whole_after_a_signal_and_a_stop_waits_for_them(handlers):
+@pytest.fixture
+def watched():
+  """The handlers as the command line installs them for a reading command: `end` records, it does not exit."""
+  ended = []
+  assert stop.install(end=lambda stopped: ended.append((stopped.signal_name, time.monotonic())))
+  yield ended
+  stop.uninstall()
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  assert signal.set_wakeup_fd(-1) == -1  # the wakeup fd was given back
+
+
+@pytest.mark.parametrize('with_end', [False, True])
+def test_results_are_written_whole_after_a_signal_and_a_stop_waits_for_them(with_end, request):
+  ended = request.getfixturevalue('watched') if with_end else request.getfixturevalue('handlers')
   with stop.deferred():
     os.kill(os.getpid(), signal.SIGTERM)  # no raise inside: the files being written stay whole
+    time.sleep(0.5)  # time for the watching thread to end the command, which it must not do here
     written = True
-  assert written
+  assert written and not ended
   with pytest.raises(stop.Stopped):
     stop.check()
+
+
+def test_a_reading_command_ends_while_the_main_thread_waits_on_xla(watched):
+  """Python's handler runs only once XLA returns (np.asarray waits without looking at signals, unlike
+  block_until_ready); `end` runs on its own thread while XLA still computes."""
+  matrix = jnp.eye(256) * 0.5
+  long_computation = jax.jit(lambda m: jax.lax.fori_loop(0, 8_000, lambda _, x: jnp.tanh(x @ m + 0.1), m))
+  long_computation.lower(matrix).compile()
+  threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+  started = time.monotonic()
+  with pytest.raises(stop.Stopped):
+    np.asarray(long_computation(matrix))
+  returned = time.monotonic()
+  assert returned - started > 1.0, 'the computation must outlast the signal for this test to mean anything'
+  assert [name for name, _ in watched] == ['SIGTERM']
+  assert watched[0][1] < returned - 0.5
 
 
 def test_a_reading_command_stopped_says_so_and_exits_128_plus_the_signal(tmp_path):

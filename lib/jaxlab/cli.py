@@ -16,6 +16,7 @@ import importlib
 import os
 import re
 import sys
+import threading
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -42,6 +43,7 @@ STATEFUL_COMMANDS = ('train', 'cv')  # a signal saves their state; they exit 0 (
 PARENT_COMMANDS = ('sweep', 'search', 'results', 'tpu', 'slurm')  # they start runs and handle signals themselves
 OWN_PARSER_COMMANDS = ('tpu', 'slurm')  # their arguments after `--` are a command line passed on untouched
 BOOLEAN_FLAGS = ('restart', 'norestart', 'help', 'helpfull', 'helpshort')
+_ENDING = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +122,7 @@ def main(argv: Sequence[str] | None = None, root: str | None = None, launcher: S
     sys.exit(module.main(argv[argv.index(command) + 1:], root=root))
   if command not in PARENT_COMMANDS:
     # First thing: from here on SIGTERM or a Ctrl-C during start-up is one line (`_stopped`), not a traceback.
-    stop.install()
+    stop.install(end=None if command in STATEFUL_COMMANDS else lambda stopped: _stopped(command, stopped))
   try:
     from absl import app
     run = _define_flags(command)
@@ -138,6 +140,7 @@ def _stopped(command: str, stopped: stop.Stopped) -> None:
   Any other command's work was cut short: one line and status 128 + the signal's number."""
   if command in STATEFUL_COMMANDS:
     sys.exit(0)
+  _ENDING.acquire()  # the main thread's handler and stop's watching thread may both come here: one line
   print(f'error: stopped by {stopped.signal_name} before {command} finished; it wrote no results', file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()
