@@ -93,12 +93,15 @@ def test_a_reading_command_ends_while_the_main_thread_waits_on_xla(watched):
   """Python's handler runs only once XLA returns (np.asarray waits without looking at signals, unlike
   block_until_ready); `end` runs on its own thread while XLA still computes."""
   matrix = jnp.eye(256) * 0.5
-  long_computation = jax.jit(lambda m: jax.lax.fori_loop(0, 8_000, lambda _, x: jnp.tanh(x @ m + 0.1), m))
-  long_computation.lower(matrix).compile()
+  computation = jax.jit(lambda m, n: jax.lax.fori_loop(0, n, lambda _, x: jnp.tanh(x @ m + 0.1), m))
+  np.asarray(computation(matrix, 1))  # compiled
+  started = time.monotonic()
+  np.asarray(computation(matrix, 200))
+  three_seconds = int(200 * 3.0 / (time.monotonic() - started))  # as long on any machine
   threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
   started = time.monotonic()
   with pytest.raises(stop.Stopped):
-    np.asarray(long_computation(matrix))
+    np.asarray(computation(matrix, three_seconds))
   returned = time.monotonic()
   assert returned - started > 1.0, 'the computation must outlast the signal for this test to mean anything'
   assert [name for name, _ in watched] == ['SIGTERM']
