@@ -190,6 +190,38 @@ def test_resume_compares_the_checkpoints_own_config_when_config_json_is_gone(tmp
     train.train(tiny_config(**{'model.channels': 9}), workdir)
 
 
+def test_a_run_continued_to_more_steps_is_the_run_started_with_them(tmp_path, capsys):
+  # The best state (early stopping, patience 0: keep the best) carries over too: the longer run's best is
+  # chosen among all its evaluations, those before the resume included.
+  watched = {'data.validation_size': 200, 'train.early_stopping_metric': 'validation_loss',
+             'train.early_stopping_mode': 'min', 'train.early_stopping_patience': 0}
+  longer = tiny_config(**{'train.num_steps': 30, **watched})
+  reference = _final_params(longer, str(tmp_path / 'straight'))
+  reference_summary = json.loads((tmp_path / 'straight' / 'summary.json').read_text())
+  workdir = str(tmp_path / 'continued')
+  train.train(tiny_config(**{'train.num_steps': 20, **watched}), workdir)
+  capsys.readouterr()
+  continued = _final_params(longer, workdir)
+  assert 'Resuming from step 20: 30 steps' in capsys.readouterr().out
+  for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(continued), strict=True):
+    np.testing.assert_array_equal(a, b)  # CPU, 30 steps: bitwise
+  summary = json.loads((tmp_path / 'continued' / 'summary.json').read_text())
+  for key in ('best_step', 'best_validation_loss', 'test_loss', 'validation_loss'):
+    assert summary[key] == reference_summary[key], key
+  with pytest.raises(ConfigError, match=r'train\.num_steps \(30 -> 10\); a run can be continued to more steps, not fewer'):
+    train.train(tiny_config(**{'train.num_steps': 10, **watched}), workdir)
+
+
+def test_a_run_whose_schedule_spreads_over_its_steps_is_not_continued(tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train(tiny_config(**{'optimizer.schedule': 'cosine'}), workdir)
+  with pytest.raises(ConfigError, match=r"train\.num_steps \(20 -> 40\), and optimizer\.schedule 'cosine' spreads "
+                                        r'over train\.num_steps'):
+    train.train(tiny_config(**{'optimizer.schedule': 'cosine', 'train.num_steps': 40}), workdir)
+  with pytest.raises(ConfigError, match=r'optimizer\.learning_rate .* train\.num_steps'):  # with another key: as before
+    train.train(tiny_config(**{'optimizer.learning_rate': 0.5, 'train.num_steps': 40}), workdir)
+
+
 @pytest.mark.parametrize('content', ['', '{"seed": ', '\x00\x01garbage'])
 def test_an_empty_or_truncated_config_json_does_not_lock_the_workdir(tmp_path, content, capsys):
   workdir = str(tmp_path / 'run')

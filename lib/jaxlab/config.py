@@ -19,6 +19,8 @@ CONFIG_FILE = 'config.json'
 # laid out on devices (another mesh), what evaluation measures besides the task's own metrics
 # (attacks), and where else its numbers are reported (trackers).
 UNCOMPARED_KEYS = ('mesh', 'sharding_rules', 'eval', 'logging', 'sample')
+# The one key that may grow on resume (to train longer), where nothing spreads over it: see _check_longer.
+NUM_STEPS = 'train.num_steps'
 
 
 def call(spec: str, function: str) -> Any:
@@ -116,11 +118,31 @@ def check_same(saved: dict[str, Any], config: ml_collections.ConfigDict, what: s
   keys = [k for k in differing_keys(saved, to_dict(config)) if k.split('.')[0] not in UNCOMPARED_KEYS
           and not (k not in saved_flat and _predates(saved_flat, k) and k in default_values
                    and new_flat.get(k) == default_values[k])]
+  if keys == [NUM_STEPS]:
+    _check_longer(saved_flat.get(NUM_STEPS), config, what)
+    return
   if not keys:
     return
   shown = ', '.join(f'{k} ({saved_flat.get(k, "<absent>")!r} -> {new_flat.get(k, "<absent>")!r})' for k in keys[:8])
   more = f' and {len(keys) - 8} more' if len(keys) > 8 else ''
   raise ConfigError(f'{what}: {shown}{more}. {hint}')
+
+
+def _check_longer(saved_steps: Any, config: ml_collections.ConfigDict, what: str) -> None:
+  """A run may go on to more steps only where that changes nothing it has done: no schedule spreads over
+  train.num_steps, so its first steps are those of a run started with the larger number."""
+  steps = config.train.num_steps
+  if not isinstance(saved_steps, int) or steps < saved_steps:
+    raise ConfigError(f'{what}: {NUM_STEPS} ({saved_steps!r} -> {steps!r}); a run can be continued to more '
+                      'steps, not fewer. Use another --workdir, or pass --restart to start over.')
+  spread = sorted(f'{name}.schedule {block.schedule!r}' for name, block in config.items()
+                  if isinstance(block, ml_collections.ConfigDict) and block.get('schedule', 'constant') != 'constant')
+  if 'dqn' in config:
+    spread.append("dqn's exploration")
+  if spread:
+    raise ConfigError(f'{what}: {NUM_STEPS} ({saved_steps} -> {steps}), and {", ".join(spread)} spreads over '
+                      f'{NUM_STEPS}, so the steps done would not be those of a {steps}-step run. Use another '
+                      '--workdir, or pass --restart to start over.')
 
 
 def _predates(saved_flat: dict[str, Any], key: str) -> bool:
