@@ -44,7 +44,7 @@ def _row(seed: int, workdir: str) -> str:
 def _figure(dataset: str, title: str, runs: dict[int, str]) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   print(f'\n{title}\n\n| seed | best validation step | last step | validation FD | test FD (kept state) | '
-        f'training s |\n|---|---|---|---|---|---|')
+        f'training s (last launch) |\n|---|---|---|---|---|---|')
   floor = None
   for seed, workdir in runs.items():
     steps, validation = curves.read(workdir, 'frechet', 'validation')
