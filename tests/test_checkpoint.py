@@ -212,6 +212,18 @@ def test_a_run_continued_to_more_steps_is_the_run_started_with_them(tmp_path, ca
     train.train(tiny_config(**{'train.num_steps': 10, **watched}), workdir)
 
 
+def test_a_run_stopped_by_its_rule_stays_stopped_when_given_more_steps(tmp_path):
+  # 'min' of validation accuracy: the first evaluation is best and the rule stops the run two evaluations on.
+  rule = {'data.validation_size': 200, 'train.early_stopping_metric': 'validation_accuracy',
+          'train.early_stopping_mode': 'min', 'train.early_stopping_patience': 2, 'train.eval_every': 5}
+  workdir = str(tmp_path / 'run')
+  first = train.train(tiny_config(**{'train.num_steps': 40, **rule}), workdir)
+  assert first['stopped_early'] and first['best_step'] == 5 and first['step'] == 15
+  again = train.train(tiny_config(**{'train.num_steps': 80, **rule}), workdir)
+  assert again['stopped_early'] and again['steps_trained'] == 0 and again['step'] == 15
+  assert again['test_accuracy'] == first['test_accuracy']
+
+
 def test_a_run_whose_schedule_spreads_over_its_steps_is_not_continued(tmp_path):
   workdir = str(tmp_path / 'run')
   train.train(tiny_config(**{'optimizer.schedule': 'cosine'}), workdir)
