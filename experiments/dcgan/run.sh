@@ -2,7 +2,8 @@
 set -euo pipefail
 # Commands of experiments/dcgan/README.md, from the repository root. The MNIST rows ran at commit f854d4e, whose
 # config capped training at 20,000 steps (--config.train.num_steps=20000 repeats them; they stopped by the rule
-# before it); the Fashion-MNIST headline row at c40757c, with today's cap of 40,000.
+# before it); the Fashion-MNIST headline row with today's cap of 80,000 (seeds 1-2 continued from their
+# c40757c runs at the 40,000 cap: the same command, run again after the cap grew, goes on from the checkpoint).
 # The two LeNet-5 runs give the features of the Fréchet distance. (The README's `launch.py sample`
 # line only draws another image grid and is left out.)
 export JAXLAB_DATA_DIR=../shared/data TFDS_DATA_DIR=/tmp/jaxlab_tfds
