@@ -195,14 +195,24 @@ def test_sweep_runs_every_point_reports_failures_and_restarts(tmp_path):
   assert 'Resuming from step 5' in (interrupted / 'launch.log').read_text()
   assert json.loads((interrupted / 'summary.json').read_text())['steps_trained'] == 5
 
-  # The same sweep asked for more steps: refused in one line before anything runs or is rewritten.
+  # The same sweep asked for fewer steps: refused in one line before anything runs or is rewritten.
   manifest = (workdir / 'sweep.json').read_text()
-  changed = launch(*args[:-1], '--config.train.num_steps=12')
+  changed = launch(*args[:-1], '--config.train.num_steps=8')
   assert changed.returncode == 2 and 'Traceback' not in changed.stderr
   assert changed.stderr.strip().splitlines() == [
       f'error: sweep point learning_rate=0.01,seed=0 in {workdir} ran with another config: '
-      'train.num_steps (10 -> 12). Use another --workdir for the changed sweep.']
-  assert (workdir / 'sweep.json').read_text() == manifest and 'num_steps=12' not in (interrupted / 'launch.log').read_text()
+      'train.num_steps (10 -> 8); a run can be continued to more steps, not fewer. Use another --workdir for the '
+      'changed sweep.']
+  assert (workdir / 'sweep.json').read_text() == manifest and 'num_steps=8' not in (interrupted / 'launch.log').read_text()
+
+  # More steps (a constant learning rate): every point goes on from its last checkpoint.
+  longer = launch(*args[:-1], '--config.train.num_steps=12', env={**os.environ, 'JAXLAB_CACHE_DIR': str(tmp_path / 'cache')})
+  assert longer.returncode == 1 and 'sweep: 5 points, 0 already finished, 5 to run' in longer.stdout
+  for lr in (0.01, 0.03):
+    for seed in (0, 1):
+      point = workdir / f'learning_rate={lr},seed={seed}'
+      assert json.loads((point / 'summary.json').read_text())['steps_trained'] == 2
+      assert 'Resuming from step 10: 12 steps' in (point / 'launch.log').read_text()
 
 
 def test_a_run_that_stopped_early_is_finished(tmp_path):

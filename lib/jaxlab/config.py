@@ -119,7 +119,7 @@ def check_same(saved: dict[str, Any], config: ml_collections.ConfigDict, what: s
           and not (k not in saved_flat and _predates(saved_flat, k) and k in default_values
                    and new_flat.get(k) == default_values[k])]
   if keys == [NUM_STEPS]:
-    _check_longer(saved_flat.get(NUM_STEPS), config, what)
+    _check_longer(saved_flat.get(NUM_STEPS), config, what, hint)
     return
   if not keys:
     return
@@ -128,21 +128,20 @@ def check_same(saved: dict[str, Any], config: ml_collections.ConfigDict, what: s
   raise ConfigError(f'{what}: {shown}{more}. {hint}')
 
 
-def _check_longer(saved_steps: Any, config: ml_collections.ConfigDict, what: str) -> None:
+def _check_longer(saved_steps: Any, config: ml_collections.ConfigDict, what: str, hint: str) -> None:
   """A run may go on to more steps only where that changes nothing it has done: no schedule spreads over
   train.num_steps, so its first steps are those of a run started with the larger number."""
   steps = config.train.num_steps
   if not isinstance(saved_steps, int) or steps < saved_steps:
     raise ConfigError(f'{what}: {NUM_STEPS} ({saved_steps!r} -> {steps!r}); a run can be continued to more '
-                      'steps, not fewer. Use another --workdir, or pass --restart to start over.')
+                      f'steps, not fewer. {hint}')
   spread = sorted(f'{name}.schedule {block.schedule!r}' for name, block in config.items()
                   if isinstance(block, ml_collections.ConfigDict) and block.get('schedule', 'constant') != 'constant')
   if 'dqn' in config:
     spread.append("dqn's exploration")
   if spread:
     raise ConfigError(f'{what}: {NUM_STEPS} ({saved_steps} -> {steps}), and {", ".join(spread)} spreads over '
-                      f'{NUM_STEPS}, so the steps done would not be those of a {steps}-step run. Use another '
-                      '--workdir, or pass --restart to start over.')
+                      f'{NUM_STEPS}, so the steps done would not be those of a {steps}-step run. {hint}')
 
 
 def _predates(saved_flat: dict[str, Any], key: str) -> bool:

@@ -141,8 +141,9 @@ def resolve(spec: str, points: Sequence[Point], common: Mapping[str, Any] = {}) 
 def check_unchanged(workdir: str, points: Sequence[dict[str, Any]]) -> None:
   """A sweep rerun in its workdir must ask for what its points ran: else one error, before anything runs.
 
-  Points added since are fine; a point whose saved config differs (another num_steps, a changed
-  config file) would fail, and the table would show its old results as new.
+  Points added since are fine, and so are more steps where a run may be continued to them
+  (config.check_same); a point whose saved config differs otherwise (fewer steps, a changed config
+  file) would fail, and the table would show its old results as new.
   """
   for point in points:
     saved = config_lib.read_saved(os.path.join(workdir, point['name']))
