@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
+from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
 from jaxlab.run import checkpoint, train
 from jaxlab.run import program as program_lib
@@ -232,6 +233,19 @@ def test_a_run_whose_schedule_spreads_over_its_steps_is_not_continued(tmp_path):
     train.train(tiny_config(**{'optimizer.schedule': 'cosine', 'train.num_steps': 40}), workdir)
   with pytest.raises(ConfigError, match=r'optimizer\.learning_rate .* train\.num_steps'):  # with another key: as before
     train.train(tiny_config(**{'optimizer.learning_rate': 0.5, 'train.num_steps': 40}), workdir)
+
+
+@pytest.mark.parametrize('spec, overrides, spread', [
+    ('mnist/dcgan.py:mnist', {}, []),  # constant rates for both networks: may be continued
+    ('mnist/dcgan.py:mnist', {'discriminator_optimizer.schedule': 'linear'}, ["discriminator_optimizer.schedule 'linear'"]),
+    ('gymnax/ppo.py', {}, ["optimizer.schedule 'linear'"]),
+    ('gymnax/dqn.py', {}, ["dqn's exploration"]),
+    ('mnist/lenet5.py', {}, ["optimizer.schedule 'cosine'"]),
+    ('mnist/lenet5.py', {'optimizer.schedule': 'constant', 'optimizer.warmup_steps': 100}, []),
+])
+def test_what_each_family_spreads_over_its_steps(spec, overrides, spread):
+  config = config_lib.load(os.path.join(ROOT, 'configs', spec), [f'{k}={v}' for k, v in overrides.items()])
+  assert config_lib.spread_over_num_steps(config) == spread
 
 
 @pytest.mark.parametrize('content', ['', '{"seed": ', '\x00\x01garbage'])

@@ -19,7 +19,7 @@ CONFIG_FILE = 'config.json'
 # laid out on devices (another mesh), what evaluation measures besides the task's own metrics
 # (attacks), and where else its numbers are reported (trackers).
 UNCOMPARED_KEYS = ('mesh', 'sharding_rules', 'eval', 'logging', 'sample')
-# The one key that may grow on resume (to train longer), where nothing spreads over it: see _check_longer.
+# The one key that may grow on resume (to train longer), where nothing spreads over it (spread_over_num_steps).
 NUM_STEPS = 'train.num_steps'
 
 
@@ -129,19 +129,30 @@ def check_same(saved: dict[str, Any], config: ml_collections.ConfigDict, what: s
 
 
 def _check_longer(saved_steps: Any, config: ml_collections.ConfigDict, what: str, hint: str) -> None:
-  """A run may go on to more steps only where that changes nothing it has done: no schedule spreads over
+  """A run may go on to more steps only where that changes nothing it has done: nothing spreads over
   train.num_steps, so its first steps are those of a run started with the larger number."""
   steps = config.train.num_steps
   if not isinstance(saved_steps, int) or steps < saved_steps:
     raise ConfigError(f'{what}: {NUM_STEPS} ({saved_steps!r} -> {steps!r}); a run can be continued to more '
                       f'steps, not fewer. {hint}')
+  spread = spread_over_num_steps(config)
+  if spread:
+    raise ConfigError(f'{what}: {NUM_STEPS} ({saved_steps} -> {steps}), and {", ".join(spread)} spreads over '
+                      f'{NUM_STEPS}, so the steps done would not be those of a {steps}-step run. {hint}')
+
+
+def spread_over_num_steps(config: ml_collections.ConfigDict) -> list[str]:
+  """What `config` lays out over train.num_steps: every learning-rate schedule but 'constant' (of any block,
+  `optimizer` or a GAN's `discriminator_optimizer`), and DQN's exploration.
+
+  This knowledge of optim's schedules and of the DQN task sits here, not with them, because a sweep's parent
+  checks its points without importing JAX (tests/test_sweep.py), and optim and tasks import it.
+  """
   spread = sorted(f'{name}.schedule {block.schedule!r}' for name, block in config.items()
                   if isinstance(block, ml_collections.ConfigDict) and block.get('schedule', 'constant') != 'constant')
   if 'dqn' in config:
     spread.append("dqn's exploration")
-  if spread:
-    raise ConfigError(f'{what}: {NUM_STEPS} ({saved_steps} -> {steps}), and {", ".join(spread)} spreads over '
-                      f'{NUM_STEPS}, so the steps done would not be those of a {steps}-step run. {hint}')
+  return spread
 
 
 def _predates(saved_flat: dict[str, Any], key: str) -> bool:
