@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 set -euo pipefail
-# Commands of experiments/dcgan/README.md, from the repository root. The MNIST rows ran at commit f854d4e, whose
-# config capped training at 20,000 steps (--config.train.num_steps=20000 repeats them; they stopped by the rule
-# before it); the Fashion-MNIST headline row with today's cap of 80,000 (seeds 1-2 continued from their
+# Commands of experiments/dcgan/README.md, from the repository root. The MNIST rows ran as written at commit
+# 0f42b5a (the rule stops them long before the cap; the same values as their first runs at f854d4e, whose
+# config capped training at 20,000 steps); the Fashion-MNIST headline row with today's cap of 80,000 (seeds 1-2 continued from their
 # c40757c runs at the 40,000 cap: the same command, run again after the cap grew, goes on from the checkpoint).
 # The two LeNet-5 runs give the features of the Fréchet distance. (The README's `launch.py sample`
 # line only draws another image grid and is left out.)
