@@ -2,8 +2,9 @@
 set -euo pipefail
 # Commands of experiments/dcgan/README.md, from the repository root. The MNIST rows ran as written at commit
 # 0f42b5a (the rule stops them long before the cap; the same values as their first runs at f854d4e, whose
-# config capped training at 20,000 steps); the Fashion-MNIST headline row with today's cap of 80,000 (seeds 1-2 continued from their
-# c40757c runs at the 40,000 cap: the same command, run again after the cap grew, goes on from the checkpoint).
+# config capped training at 20,000 steps); the Fashion-MNIST headline row with today's cap of 80,000 (seeds 1-2
+# continued from their c40757c runs at the 40,000 cap: the same command, run again after the cap grew, goes on
+# from the checkpoint).
 # The two LeNet-5 runs give the features of the Fréchet distance. (The README's `launch.py sample`
 # line only draws another image grid and is left out.)
 export JAXLAB_DATA_DIR=../shared/data TFDS_DATA_DIR=/tmp/jaxlab_tfds
